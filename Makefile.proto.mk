@@ -1,0 +1,3 @@
+.PHONY: proto
+proto:
+	bash contracts/gen.sh

@@ -1,0 +1,786 @@
+package segmenter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmenter/segmenter/contracts"
+	"github.com/segmenter/segmenter/rebalance"
+)
+
+// StartPosition is where a new consumer group starts reading a stream.
+type StartPosition int
+
+const (
+	// StartEarliest makes a new group read every message still in the
+	// stream, including those sent before the group existed. The default.
+	StartEarliest StartPosition = iota
+	// StartLatest makes a new group read only messages sent after it was
+	// created.
+	StartLatest
+)
+
+// ConsumerOption configures RegisterConsumer.
+type ConsumerOption interface{ applyConsumer(*consumerOptions) }
+
+type consumerOptions struct {
+	start StartPosition
+	name  string
+}
+
+type consumerOptionFunc func(*consumerOptions)
+
+func (f consumerOptionFunc) applyConsumer(o *consumerOptions) { f(o) }
+
+// WithStartPosition sets where the group starts when RegisterConsumer creates
+// it. A group that already exists keeps its position. Default StartEarliest.
+func WithStartPosition(p StartPosition) ConsumerOption {
+	return consumerOptionFunc(func(o *consumerOptions) { o.start = p })
+}
+
+// WithConsumerName names the consumer (in logs, leases and the Redis
+// consumer group). It must be unique within the group at any time. Default:
+// a random UUID.
+func WithConsumerName(name string) ConsumerOption {
+	return consumerOptionFunc(func(o *consumerOptions) { o.name = name })
+}
+
+// MaxBatchSize bounds the batch size of a consumer.
+const MaxBatchSize = 10000
+
+// Consumer is one member of a consumer group of a stream. It owns partitions
+// through leases, reads their messages in order and acknowledges them.
+//
+// Read must not be called concurrently with itself; Ack, Assignment, Stats
+// and Shutdown may be called from any goroutine.
+type Consumer struct {
+	seg       *Segmenter
+	stream    *Stream
+	group     string
+	id        string
+	batch     int
+	maxProc   time.Duration
+	log       *slog.Logger
+	leaseKeys []string
+
+	readMu sync.Mutex // one Read at a time
+
+	mu       sync.Mutex
+	parts    map[int]*ownedPartition
+	broken   map[int]bool  // partitions whose group vanished in Redis
+	errs     []error       // partition errors for the next Read
+	changed  chan struct{} // closed and replaced when ownership changes
+	acked    chan struct{} // closed and replaced when messages are acked
+	rotate   int
+	closing  bool
+	fetchSeq uint64
+
+	stats stats
+
+	ctx          context.Context // root of the consumer's background loop
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
+	shutdownOnce sync.Once
+	shutdownErr  error
+	done         chan struct{}
+}
+
+// ownedPartition is the local state of a partition whose lease we hold.
+type ownedPartition struct {
+	epoch      int64
+	validUntil time.Time // after it, deliver nothing before Redis confirms the lease
+	// cursor continues a claim of the pending list ("" when none); a claim
+	// runs after every grant and after every fetch whose reply may be lost.
+	cursor     string
+	cursorIdle time.Duration
+	topID      string               // last entry ID seen when the partition was empty
+	inflight   map[string]time.Time // delivered, not yet acked: ID -> delivery time
+}
+
+// Stats are counters of a consumer since it was registered.
+type Stats struct {
+	Delivered   uint64 // messages returned by Read, redeliveries included
+	Redelivered uint64 // of which redeliveries (delivery count > 1)
+	Acked       uint64 // messages acknowledged
+	Fenced      uint64 // partitions lost to another consumer while held
+	Trimmed     uint64 // pending messages trimmed by retention before they were acked: lost
+	Poison      uint64 // entries not written by this SDK
+}
+
+type stats struct {
+	delivered, redelivered, acked, fenced, trimmed, poison atomic.Uint64
+}
+
+// Owned is a partition a consumer holds, with the epoch of its lease.
+type Owned struct {
+	Partition int
+	Epoch     int64
+}
+
+// RegisterConsumer joins group on stream as a new consumer and returns it.
+// The group is created on every partition if missing (at WithStartPosition's
+// position). batchSize bounds the messages of one Read; a message not acked
+// within maxProcessingTime is delivered again, before anything newer of its
+// partition. It returns ErrStreamNotFound for a stream never registered.
+//
+// The consumer holds the leases of the partitions it owns and renews them in
+// the background until Shutdown.
+func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, batchSize int, maxProcessingTime time.Duration, opts ...ConsumerOption) (*Consumer, error) {
+	o := consumerOptions{start: StartEarliest}
+	for _, opt := range opts {
+		opt.applyConsumer(&o)
+	}
+	if o.name == "" {
+		o.name = uuid.NewString()
+	}
+	var errs []error
+	for _, n := range [][2]string{{"stream", stream}, {"group", group}, {"consumer", o.name}} {
+		if err := validateName(n[0], n[1]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if batchSize < 1 || batchSize > MaxBatchSize {
+		errs = append(errs, invalid("batchSize is %d, must be 1 to %d", batchSize, MaxBatchSize))
+	}
+	if maxProcessingTime < time.Millisecond {
+		errs = append(errs, invalid("maxProcessingTime %v is below 1ms", maxProcessingTime))
+	}
+	if o.start != StartEarliest && o.start != StartLatest {
+		errs = append(errs, invalid("unknown StartPosition %d", o.start))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	st, err := s.GetStream(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.createGroup(ctx, st, group, o.start); err != nil {
+		return nil, err
+	}
+
+	c := &Consumer{
+		seg:     s,
+		stream:  st,
+		group:   group,
+		id:      o.name,
+		batch:   batchSize,
+		maxProc: maxProcessingTime,
+		log:     s.log.With("stream", stream, "group", group, "consumer", o.name),
+		parts:   make(map[int]*ownedPartition),
+		broken:  make(map[int]bool),
+		changed: make(chan struct{}),
+		acked:   make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	c.leaseKeys = make([]string, st.Partitions())
+	for i := range c.leaseKeys {
+		c.leaseKeys[i] = s.keys.Lease(stream, i, group)
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, ErrClosed
+	}
+	s.consumers[c] = struct{}{}
+	s.mu.Unlock()
+
+	c.maintainLeases(ctx) // own what is free before the first Read
+	c.wg.Add(1)
+	go c.leaseLoop()
+	c.log.Debug("consumer registered", "partitions", st.Partitions(), "owned", len(c.Assignment()))
+	return c, nil
+}
+
+func (s *Segmenter) createGroup(ctx context.Context, st *Stream, group string, start StartPosition) error {
+	pos := "0"
+	if start == StartLatest {
+		pos = "$"
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.StatusCmd, st.Partitions())
+	for i, key := range st.keys {
+		cmds[i] = pipe.XGroupCreateMkStream(ctx, key, group, pos)
+	}
+	pipe.SAdd(ctx, s.keys.Groups(st.name), group)
+	_, _ = pipe.Exec(ctx)
+	for i, cmd := range cmds {
+		if err := cmd.Err(); err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
+			return fmt.Errorf("segmenter: create group %q on stream %q partition %d: %w", group, st.name, i, err)
+		}
+	}
+	return nil
+}
+
+// ID returns the consumer's name, unique in its group.
+func (c *Consumer) ID() string { return c.id }
+
+// Group returns the consumer's group.
+func (c *Consumer) Group() string { return c.group }
+
+// Stream returns the stream the consumer reads.
+func (c *Consumer) Stream() *Stream { return c.stream }
+
+// Assignment returns the partitions the consumer holds now, with the epoch of
+// each lease, in partition order.
+func (c *Consumer) Assignment() []Owned {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Owned, 0, len(c.parts))
+	for p, op := range c.parts {
+		out = append(out, Owned{Partition: p, Epoch: op.epoch})
+	}
+	slices.SortFunc(out, func(a, b Owned) int { return a.Partition - b.Partition })
+	return out
+}
+
+// Stats returns the consumer's counters.
+func (c *Consumer) Stats() Stats {
+	return Stats{
+		Delivered:   c.stats.delivered.Load(),
+		Redelivered: c.stats.redelivered.Load(),
+		Acked:       c.stats.acked.Load(),
+		Fenced:      c.stats.fenced.Load(),
+		Trimmed:     c.stats.trimmed.Load(),
+		Poison:      c.stats.poison.Load(),
+	}
+}
+
+func (c *Consumer) leaseTTL() time.Duration { return c.seg.cfg.LeaseTTL }
+
+// validity is how long after sending a successful grant or renewal the
+// consumer keeps delivering a partition on its own: the lease TTL less a
+// margin for clock rate differences and the request's own travel.
+func (c *Consumer) validity() time.Duration { return c.leaseTTL() - c.leaseTTL()/5 }
+
+func (c *Consumer) leaseLoop() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.seg.cfg.LeaseRenewInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+			c.maintainLeases(c.ctx)
+		}
+	}
+}
+
+// wantedLocked reports whether the consumer should hold partition p. Every
+// consumer asks for every partition whose group exists; the lease decides
+// who holds it.
+func (c *Consumer) wantedLocked(p int) bool { return !c.broken[p] }
+
+// maintainLeases renews the leases held and asks for the wanted ones that are
+// not, in two pipelined round trips.
+func (c *Consumer) maintainLeases(ctx context.Context) {
+	rdb := c.seg.rdb
+	c.mu.Lock()
+	closing := c.closing // renew while shutting down, acquire nothing new
+	held := make([]rebalance.Held, 0, len(c.parts))
+	heldParts := make([]int, 0, len(c.parts))
+	var askKeys []string
+	var askParts []int
+	for p := range c.leaseKeys {
+		if op, ok := c.parts[p]; ok {
+			held = append(held, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
+			heldParts = append(heldParts, p)
+		} else if !closing && c.wantedLocked(p) {
+			askKeys = append(askKeys, c.leaseKeys[p])
+			askParts = append(askParts, p)
+		}
+	}
+	c.mu.Unlock()
+
+	if len(held) > 0 {
+		sent := time.Now()
+		res := rebalance.Renew(ctx, rdb, c.id, c.leaseTTL(), held)
+		c.mu.Lock()
+		for i, r := range res {
+			p := heldParts[i]
+			op, ok := c.parts[p]
+			if !ok || op.epoch != held[i].Epoch {
+				continue
+			}
+			switch {
+			case r.Err != nil:
+				if ctx.Err() == nil {
+					c.seg.reportError(&PartitionError{Stream: c.stream.name, Group: c.group, Partition: p, Err: fmt.Errorf("renew lease: %w", r.Err)})
+				}
+			case r.Fenced:
+				c.dropLocked(p, ErrFenced, true)
+			default:
+				op.validUntil = sent.Add(c.validity())
+			}
+		}
+		c.mu.Unlock()
+	}
+
+	if len(askKeys) > 0 {
+		sent := time.Now()
+		grants := rebalance.Acquire(ctx, rdb, c.id, c.leaseTTL(), askKeys)
+		c.mu.Lock()
+		gained := false
+		for i, g := range grants {
+			p := askParts[i]
+			switch {
+			case g.Err != nil:
+				if ctx.Err() == nil {
+					c.seg.reportError(&PartitionError{Stream: c.stream.name, Group: c.group, Partition: p, Err: fmt.Errorf("acquire lease: %w", g.Err)})
+				}
+			case g.Granted && !c.closing:
+				c.parts[p] = &ownedPartition{
+					epoch:      g.Epoch,
+					validUntil: sent.Add(c.validity()),
+					cursor:     "0-0", // deliver the pending list first
+					inflight:   make(map[string]time.Time),
+				}
+				gained = true
+				c.log.Info("partition acquired", "partition", p, "epoch", g.Epoch)
+			}
+		}
+		if gained {
+			c.notifyLocked()
+		}
+		c.mu.Unlock()
+	}
+}
+
+// dropLocked forgets partition p; with queue, err is returned by the next Read.
+func (c *Consumer) dropLocked(p int, err error, queue bool) {
+	op, ok := c.parts[p]
+	if !ok {
+		return
+	}
+	delete(c.parts, p)
+	if errors.Is(err, ErrFenced) {
+		c.stats.fenced.Add(1)
+	}
+	c.log.Warn("partition dropped", "partition", p, "epoch", op.epoch, "err", err)
+	if queue {
+		c.errs = append(c.errs, &PartitionError{Stream: c.stream.name, Group: c.group, Partition: p, Err: err})
+	}
+	c.notifyLocked()
+}
+
+func (c *Consumer) notifyLocked() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// Read returns up to the batch size of messages from the partitions the
+// consumer owns, each partition's messages in stream order, messages due for
+// redelivery before newer ones of their partition. When there are none it
+// waits for new messages up to maxWait (0: do not wait) and then returns an
+// empty batch and a nil error.
+//
+// Every read runs, in Redis, after a check that the consumer still holds the
+// partition's lease under its epoch. A partition found lost is dropped and
+// Read returns a *PartitionError wrapping ErrFenced once; later Reads go on
+// with the other partitions. After Shutdown, Read returns ErrClosed.
+func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contracts.CMessage, error) {
+	if maxWait < 0 {
+		return nil, invalid("maxWait %v is negative", maxWait)
+	}
+	c.readMu.Lock()
+	defer c.readMu.Unlock()
+	deadline := time.Now().Add(maxWait)
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		reqs, parts, err := c.prepareFetch()
+		if err != nil {
+			return nil, err
+		}
+		var tops map[int]string
+		if len(reqs) > 0 {
+			res := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, reqs)
+			msgs, t, err := c.applyFetch(parts, reqs, res)
+			if len(msgs) > 0 {
+				return msgs, nil // an error of another partition waits for the next Read
+			}
+			if err != nil {
+				return nil, err
+			}
+			tops = t
+		}
+		remaining := time.Until(deadline)
+		if remaining <= 0 {
+			return nil, nil
+		}
+		if err := c.wait(ctx, min(remaining, c.seg.cfg.BlockInterval), tops); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// prepareFetch returns a fetch request for each partition the consumer may
+// deliver now, sharing the batch size among them; or the first queued
+// partition error.
+func (c *Consumer) prepareFetch() ([]rebalance.FetchRequest, []int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return nil, nil, ErrClosed
+	}
+	if len(c.errs) > 0 {
+		err := c.errs[0]
+		c.errs = c.errs[1:]
+		return nil, nil, err
+	}
+	now := time.Now()
+	ready := make([]int, 0, len(c.parts))
+	for p, op := range c.parts {
+		if now.Before(op.validUntil) {
+			ready = append(ready, p)
+		}
+	}
+	if len(ready) == 0 {
+		return nil, nil, nil
+	}
+	slices.Sort(ready)
+	// Rotate the start so that, when the batch is smaller than the number of
+	// partitions, every partition gets its turn.
+	c.rotate = (c.rotate + 1) % len(ready)
+	ready = append(ready[c.rotate:], ready[:c.rotate]...)
+	n := min(len(ready), c.batch)
+	base, extra := c.batch/n, c.batch%n
+	reqs := make([]rebalance.FetchRequest, n)
+	for i, p := range ready[:n] {
+		op := c.parts[p]
+		c.fetchSeq++
+		count := base
+		if i < extra {
+			count++
+		}
+		reqs[i] = rebalance.FetchRequest{
+			LeaseKey:   c.leaseKeys[p],
+			StreamKey:  c.stream.keys[p],
+			Epoch:      op.epoch,
+			Count:      count,
+			Cursor:     op.cursor,
+			CursorIdle: op.cursorIdle,
+			FetchID:    c.id + ":" + strconv.FormatUint(c.fetchSeq, 10),
+		}
+	}
+	return reqs, ready[:n], nil
+}
+
+// applyFetch turns fetch results into messages and updates the partitions'
+// state. It returns the messages, the last entry ID of each partition found
+// empty (to wait on), and the first error.
+func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult) ([]*contracts.CMessage, map[int]string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var msgs []*contracts.CMessage
+	var firstErr error
+	tops := make(map[int]string)
+	now := time.Now()
+	for i, r := range res {
+		p := parts[i]
+		op, ok := c.parts[p]
+		if !ok || op.epoch != reqs[i].Epoch || c.closing {
+			// Dropped meanwhile: what was read stays pending for the next owner.
+			continue
+		}
+		switch {
+		case r.Fenced:
+			c.dropLocked(p, ErrFenced, true)
+			continue
+		case r.Err != nil && redis.HasErrorPrefix(r.Err, "NOGROUP"):
+			c.releaseLocked(p, op)
+			c.broken[p] = true // never silently recreated: the user must act
+			c.dropLocked(p, fmt.Errorf("%w: %v", ErrGroupNotFound, r.Err), true)
+			continue
+		case r.Err != nil:
+			// The outcome is unknown: the read may have moved messages to
+			// the pending list unseen. Claim it before reading anything new.
+			op.cursor, op.cursorIdle = "0-0", 0
+			if firstErr == nil {
+				firstErr = &PartitionError{Stream: c.stream.name, Group: c.group, Partition: p, Err: r.Err}
+			}
+			continue
+		}
+		op.cursor, op.cursorIdle = r.NextCursor, r.NextCursorIdle
+		if len(r.Trimmed) > 0 {
+			c.stats.trimmed.Add(uint64(len(r.Trimmed)))
+			c.log.Error("pending messages were trimmed by retention before they were acked: lost",
+				"partition", p, "count", len(r.Trimmed), "first_id", r.Trimmed[0])
+			for _, id := range r.Trimmed {
+				delete(op.inflight, id)
+			}
+		}
+		if len(r.Entries) == 0 {
+			op.topID = r.TopID
+			tops[p] = r.TopID
+			continue
+		}
+		for _, e := range r.Entries {
+			m := &contracts.CMessage{
+				Id:            e.ID,
+				Partition:     uint32(p),
+				DeliveryCount: 1,
+				Epoch:         op.epoch,
+				Stream:        c.stream.name,
+				Group:         c.group,
+			}
+			if r.Deliveries != nil {
+				if n, ok := r.Deliveries[e.ID]; ok {
+					m.DeliveryCount = uint32(n)
+				}
+			}
+			decodeEntry(e.Fields, m)
+			if m.PoisonReason != "" {
+				c.stats.poison.Add(1)
+				c.log.Warn("poison entry", "partition", p, "id", e.ID, "reason", m.PoisonReason)
+			}
+			if m.DeliveryCount > 1 {
+				c.stats.redelivered.Add(1)
+			}
+			op.inflight[e.ID] = now
+			msgs = append(msgs, m)
+		}
+	}
+	c.stats.delivered.Add(uint64(len(msgs)))
+	return msgs, tops, firstErr
+}
+
+// wait blocks up to d for something to read: a new entry in a partition
+// found empty (a read-only XREAD BLOCK, which changes no state and so needs
+// no fence), a change of ownership, or a delivered message coming due for
+// redelivery.
+func (c *Consumer) wait(ctx context.Context, d time.Duration, tops map[int]string) error {
+	c.mu.Lock()
+	changed := c.changed
+	if due, ok := c.nextDueLocked(); ok {
+		d = min(d, max(time.Until(due), 5*time.Millisecond))
+	}
+	c.mu.Unlock()
+
+	_, cluster := c.seg.rdb.(*redis.ClusterClient)
+	if len(tops) > 0 && !cluster && d >= time.Millisecond {
+		streams := make([]string, 0, 2*len(tops))
+		ids := make([]string, 0, len(tops))
+		for p, id := range tops {
+			streams = append(streams, c.stream.keys[p])
+			ids = append(ids, id)
+		}
+		streams = append(streams, ids...)
+		err := c.seg.rdb.XRead(ctx, &redis.XReadArgs{Streams: streams, Count: 1, Block: d}).Err()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("segmenter: wait for messages on stream %q: %w", c.stream.name, err)
+		}
+		return nil
+	}
+	// Nothing to block on in Redis (no partition owned yet, or a cluster,
+	// where one XREAD cannot span slots): wait for a change or the timeout.
+	if cluster && len(tops) > 0 {
+		d = min(d, 50*time.Millisecond)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-changed:
+	case <-t.C:
+	}
+	return nil
+}
+
+// nextDueLocked returns when the oldest delivered, unacked message comes due
+// for redelivery.
+func (c *Consumer) nextDueLocked() (time.Time, bool) {
+	return c.nextDueOfLocked(func(*ownedPartition) bool { return true })
+}
+
+// nextDueOfLocked is nextDueLocked over the partitions that pass keep.
+func (c *Consumer) nextDueOfLocked(keep func(*ownedPartition) bool) (time.Time, bool) {
+	var oldest time.Time
+	for _, op := range c.parts {
+		if !keep(op) {
+			continue
+		}
+		for _, at := range op.inflight {
+			if oldest.IsZero() || at.Before(oldest) {
+				oldest = at
+			}
+		}
+	}
+	if oldest.IsZero() {
+		return time.Time{}, false
+	}
+	return oldest.Add(c.maxProc), true
+}
+
+// Ack acknowledges messages returned by Read, so they are not delivered
+// again. The ack of each partition runs in Redis after a check that the
+// consumer still holds its lease under the epoch the message was delivered
+// with: messages of a partition lost meanwhile are not acked and Ack returns
+// a *PartitionError wrapping ErrFenced (they will be delivered to the new
+// owner). Acking a message twice is harmless.
+func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
+	type pe struct {
+		p     int
+		epoch int64
+	}
+	groups := make(map[pe][]string)
+	var order []pe
+	for i, m := range msgs {
+		switch {
+		case m == nil:
+			return invalid("message %d is nil", i)
+		case m.Stream != c.stream.name || m.Group != c.group:
+			return invalid("message %d (%s) was read from stream %q group %q, not %q %q", i, m.Id, m.Stream, m.Group, c.stream.name, c.group)
+		case int(m.Partition) >= c.stream.Partitions():
+			return invalid("message %d has partition %d, stream has %d", i, m.Partition, c.stream.Partitions())
+		case m.Id == "":
+			return invalid("message %d has no ID", i)
+		}
+		k := pe{int(m.Partition), m.Epoch}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], m.Id)
+	}
+	if len(order) == 0 {
+		return nil
+	}
+	select {
+	case <-c.done:
+		return ErrClosed
+	default:
+	}
+	reqs := make([]rebalance.AckRequest, len(order))
+	for i, k := range order {
+		reqs[i] = rebalance.AckRequest{LeaseKey: c.leaseKeys[k.p], StreamKey: c.stream.keys[k.p], Epoch: k.epoch, IDs: groups[k]}
+	}
+	res := rebalance.Ack(ctx, c.seg.rdb, c.id, c.group, reqs)
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var errs []error
+	for i, r := range res {
+		k := order[i]
+		switch {
+		case r.Err != nil:
+			errs = append(errs, &PartitionError{Stream: c.stream.name, Group: c.group, Partition: k.p, Err: fmt.Errorf("ack: %w", r.Err)})
+		case r.Fenced:
+			if op, ok := c.parts[k.p]; ok && op.epoch == k.epoch {
+				c.dropLocked(k.p, ErrFenced, false) // reported here, not again by Read
+			}
+			errs = append(errs, &PartitionError{Stream: c.stream.name, Group: c.group, Partition: k.p, Err: ErrFenced})
+		default:
+			c.stats.acked.Add(uint64(len(groups[k])))
+			if op, ok := c.parts[k.p]; ok {
+				for _, id := range groups[k] {
+					delete(op.inflight, id)
+				}
+			}
+		}
+	}
+	close(c.acked)
+	c.acked = make(chan struct{})
+	return errors.Join(errs...)
+}
+
+// Shutdown stops the consumer and hands its partitions over: it stops
+// fetching, waits (bounded by ctx and by each message's maxProcessingTime)
+// for the messages it delivered to be acked, then releases its leases so
+// another consumer of the group takes the partitions at once. Unacked
+// messages are delivered to the next owner. Shutdown is idempotent and safe
+// to call concurrently; every call waits for the first to finish.
+func (c *Consumer) Shutdown(ctx context.Context) error {
+	c.shutdownOnce.Do(func() {
+		defer close(c.done)
+		c.mu.Lock()
+		c.closing = true
+		c.notifyLocked()
+		c.mu.Unlock()
+		c.shutdownErr = c.drainAndRelease(ctx)
+		c.seg.mu.Lock()
+		delete(c.seg.consumers, c)
+		c.seg.mu.Unlock()
+	})
+	select {
+	case <-c.done:
+		return c.shutdownErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// drainAndRelease waits for in-flight messages while the background loop
+// keeps renewing, then stops the loop and releases every lease.
+func (c *Consumer) drainAndRelease(ctx context.Context) error {
+	for {
+		// Wait only for partitions whose lease is still ours by the local
+		// clock: past that, the messages may already be another's.
+		now := time.Now()
+		c.mu.Lock()
+		due, pending := c.nextDueOfLocked(func(op *ownedPartition) bool { return now.Before(op.validUntil) })
+		acked := c.acked
+		c.mu.Unlock()
+		if !pending || !now.Before(due) {
+			break
+		}
+		t := time.NewTimer(time.Until(due))
+		select {
+		case <-ctx.Done():
+		case <-acked:
+		case <-t.C:
+		}
+		t.Stop()
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	c.cancel() // no renewal may race with the release
+	c.wg.Wait()
+	c.mu.Lock()
+	held := make([]rebalance.Held, 0, len(c.parts))
+	for p, op := range c.parts {
+		held = append(held, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
+	}
+	c.parts = make(map[int]*ownedPartition)
+	c.mu.Unlock()
+	if len(held) == 0 {
+		return nil
+	}
+	// Release even when ctx is done: otherwise the partitions wait a lease TTL.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	var errs []error
+	for _, r := range rebalance.Release(rctx, c.seg.rdb, c.id, held) {
+		if r.Err != nil {
+			errs = append(errs, fmt.Errorf("segmenter: release lease: %w", r.Err))
+		}
+	}
+	c.log.Info("consumer shut down", "released", len(held))
+	return errors.Join(errs...)
+}
+
+// releaseLocked releases one lease in the background of a failing partition.
+func (c *Consumer) releaseLocked(p int, op *ownedPartition) {
+	held := []rebalance.Held{{Key: c.leaseKeys[p], Epoch: op.epoch}}
+	ctx, cancel := context.WithTimeout(c.ctx, 2*time.Second)
+	defer cancel()
+	rebalance.Release(ctx, c.seg.rdb, c.id, held)
+}

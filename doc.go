@@ -1,0 +1,43 @@
+// Package segmenter gives Redis Streams what Kafka partitions give Kafka:
+// every message with the same partition key is processed in order, by
+// exactly one consumer of a group at a time, at least once.
+//
+// A Segmenter works in one namespace of one Redis. RegisterStream creates a
+// stream of P partitions (each a Redis stream); Stream.Send hashes a
+// message's partition key to a partition (Kafka's murmur2 by default, so a
+// key lands on the partition number Kafka would pick). RegisterConsumer
+// joins a consumer group; Consumer.Read returns batches from the partitions
+// the consumer holds, Consumer.Ack acknowledges them, Consumer.Shutdown hands
+// the partitions over.
+//
+// # Guarantees
+//
+//   - Per-key order: for one group, the first delivery of the messages of a
+//     partition happens in stream order, and a message due for redelivery is
+//     delivered again before anything newer of its partition.
+//   - Single owner: a consumer reads, claims and acks a partition only while
+//     it holds the partition's lease. The check runs in Redis, in the same Lua
+//     script as the read, claim or ack, against the lease holder and its
+//     epoch (a fencing token, in every delivered message). A consumer that
+//     lost a lease gets ErrFenced and drops the partition.
+//   - At least once: a message not acked within maxProcessingTime is
+//     delivered again with its delivery count; the pending messages of a
+//     consumer that crashed go, oldest first, to the partition's next owner.
+//
+// # Limits
+//
+//   - Nothing is lost only as far as Redis keeps the writes it acknowledged:
+//     use AOF with appendfsync always, or replicas with WAIT. A restart without
+//     persistence or an asynchronous failover can undo sends and acks
+//     (messages reappear or vanish); lease epochs stay increasing across such
+//     a rollback because every grant takes an epoch no lower than the server's
+//     clock in microseconds.
+//   - Retention (the stream's maximum length per partition) is the only way a
+//     message disappears unprocessed; when a pending message is trimmed the
+//     consumer counts it in Stats().Trimmed and logs it.
+//   - Poison entries (written to a partition by another tool) are delivered
+//     in order; Poison reports them.
+//   - On Redis Cluster every script touches one hash slot; Read's wait for new
+//     messages polls there, since one XREAD cannot span slots.
+//   - Requires Redis 7.0 or later.
+package segmenter

@@ -1,0 +1,173 @@
+package segmenter_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmenter/segmenter"
+	"github.com/segmenter/segmenter/contracts"
+	"github.com/segmenter/segmenter/internal/invariant"
+	"github.com/segmenter/segmenter/internal/redistest"
+)
+
+// Fast timings: a lost lease moves in ~300ms.
+const (
+	testLeaseTTL = 300 * time.Millisecond
+	testBlock    = 50 * time.Millisecond
+)
+
+// newSegmenter returns a Segmenter on the test server in namespace ns, using
+// rdb (a client the test owns) or a fresh client when rdb is nil.
+func newSegmenter(t *testing.T, ns string, rdb redis.UniversalClient) *segmenter.Segmenter {
+	t.Helper()
+	if rdb == nil {
+		rdb = redistest.Client(t)
+	}
+	seg, err := segmenter.NewSegmenter(&segmenter.Config{
+		Namespace:     ns,
+		Client:        rdb,
+		LeaseTTL:      testLeaseTTL,
+		BlockInterval: testBlock,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = seg.Close(ctx)
+	})
+	return seg
+}
+
+// gate is a go-redis hook that cuts a client off the network while closed:
+// every command fails without reaching Redis.
+type gate struct{ closed atomic.Bool }
+
+var errCut = errors.New("test: network cut")
+
+func (g *gate) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (g *gate) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if g.closed.Load() {
+			cmd.SetErr(errCut)
+			return errCut
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (g *gate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if g.closed.Load() {
+			for _, c := range cmds {
+				c.SetErr(errCut)
+			}
+			return errCut
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// gatedClient returns a client to the test server that the returned gate
+// can cut off.
+func gatedClient(t *testing.T) (*redis.Client, *gate) {
+	t.Helper()
+	rdb := redistest.Client(t)
+	g := &gate{}
+	rdb.AddHook(g)
+	return rdb, g
+}
+
+// keyFor returns a partition key that the stream maps to partition p.
+func keyFor(t *testing.T, st *segmenter.Stream, p int, n int) string {
+	t.Helper()
+	for i := 0; i < 100000; i++ {
+		k := fmt.Sprintf("key-%d-%d", p, i)
+		if st.PartitionOf(k) == p {
+			if n == 0 {
+				return k
+			}
+			n--
+		}
+	}
+	t.Fatalf("no key for partition %d", p)
+	return ""
+}
+
+// send sends msgs and records them.
+func send(t *testing.T, st *segmenter.Stream, rec *invariant.Recorder, msgs ...*contracts.PMessage) []string {
+	t.Helper()
+	ids, err := st.SendBatch(context.Background(), msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec != nil {
+		for i, m := range msgs {
+			rec.Sent(ids[i], st.PartitionOf(m.PartitionKey), m.PartitionKey)
+		}
+	}
+	return ids
+}
+
+func msg(key string, data string) *contracts.PMessage {
+	return &contracts.PMessage{PartitionKey: key, Data: []byte(data)}
+}
+
+// read calls Read and records what it delivered.
+func read(t *testing.T, c *segmenter.Consumer, rec *invariant.Recorder, maxWait time.Duration) ([]*contracts.CMessage, error) {
+	t.Helper()
+	start := time.Now()
+	msgs, err := c.Read(context.Background(), maxWait)
+	if rec != nil && len(msgs) > 0 {
+		rec.Delivered(c.ID(), msgs, start, time.Now())
+	}
+	return msgs, err
+}
+
+// ack calls Ack and records its outcome.
+func ack(t *testing.T, c *segmenter.Consumer, rec *invariant.Recorder, msgs ...*contracts.CMessage) error {
+	t.Helper()
+	start := time.Now()
+	err := c.Ack(context.Background(), msgs...)
+	if rec != nil && len(msgs) > 0 {
+		outcome := invariant.AckOK
+		switch {
+		case errors.Is(err, segmenter.ErrFenced):
+			outcome = invariant.AckFenced
+		case err != nil:
+			outcome = invariant.AckError
+		}
+		rec.Acked(c.ID(), msgs, outcome, start, time.Now())
+	}
+	return err
+}
+
+// drain reads and acks until want messages were acked in total or the
+// deadline passes.
+func drain(t *testing.T, c *segmenter.Consumer, rec *invariant.Recorder, want int, timeout time.Duration) []*contracts.CMessage {
+	t.Helper()
+	var all []*contracts.CMessage
+	deadline := time.Now().Add(timeout)
+	for len(all) < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("drained %d of %d messages before the deadline", len(all), want)
+		}
+		msgs, err := read(t, c, rec, 100*time.Millisecond)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		if err := ack(t, c, rec, msgs...); err != nil {
+			t.Fatalf("ack: %v", err)
+		}
+		all = append(all, msgs...)
+	}
+	return all
+}

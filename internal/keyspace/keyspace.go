@@ -1,0 +1,67 @@
+// Package keyspace is the one place that names every Redis key segmenter
+// writes. Nothing else in the module builds a key by hand.
+//
+// Layout, for namespace N, stream S, partition i and group G (names are
+// restricted to [A-Za-z0-9_.-], so ':' and the hash-tag braces can never
+// appear inside a name and every key below is unambiguous):
+//
+//	seg:{N}:streams                 hash   S -> stream metadata ("v1|partitions|maxlen|partitioner")
+//	seg:{N}:groups:S                set    the groups registered on S
+//	seg:{N:S:i}:p                   stream the entries of partition i
+//	seg:{N:S:i}:lease:G             hash   lease of partition i for group G: o owner, e epoch, x expiry (ms, server time), r last fetch id
+//	seg:{N:S:G}:members             zset   members of group G, scored by session expiry (ms, server time)
+//	seg:{N:S:G}:assign              hash   the group's assignment: gen, and member -> partitions
+//	seg:{N:S:G}:coord               string the group's coordinator lock (owner token, with a TTL)
+//	seg:{N:S:G}:dlq                 stream the group's dead letters
+//
+// The braces are Redis Cluster hash tags: a partition's stream and the leases
+// of every group on it share one slot, so each fenced script (read, claim,
+// ack, renew) touches a single slot; a group's membership, assignment and
+// coordinator lock share another. Different partitions spread over the
+// cluster.
+package keyspace
+
+import "strconv"
+
+// Space builds the keys of one namespace.
+type Space struct{ ns string }
+
+// New returns the key space of namespace ns. ns must already be validated.
+func New(ns string) Space { return Space{ns: ns} }
+
+// Namespace returns the namespace the keys belong to.
+func (s Space) Namespace() string { return s.ns }
+
+// Streams is the hash of stream metadata of the namespace.
+func (s Space) Streams() string { return "seg:{" + s.ns + "}:streams" }
+
+// Groups is the set of groups registered on stream.
+func (s Space) Groups(stream string) string { return "seg:{" + s.ns + "}:groups:" + stream }
+
+func (s Space) partTag(stream string, partition int) string {
+	return "seg:{" + s.ns + ":" + stream + ":" + strconv.Itoa(partition) + "}"
+}
+
+// Partition is the Redis stream holding partition p of stream.
+func (s Space) Partition(stream string, p int) string { return s.partTag(stream, p) + ":p" }
+
+// Lease is the lease hash of partition p of stream for group.
+func (s Space) Lease(stream string, p int, group string) string {
+	return s.partTag(stream, p) + ":lease:" + group
+}
+
+func (s Space) groupTag(stream, group string) string {
+	return "seg:{" + s.ns + ":" + stream + ":" + group + "}"
+}
+
+// Members is the membership sorted set of group on stream.
+func (s Space) Members(stream, group string) string { return s.groupTag(stream, group) + ":members" }
+
+// Assignment is the assignment hash of group on stream.
+func (s Space) Assignment(stream, group string) string { return s.groupTag(stream, group) + ":assign" }
+
+// Coordinator is the coordinator lock of group on stream.
+func (s Space) Coordinator(stream, group string) string { return s.groupTag(stream, group) + ":coord" }
+
+// DeadLetters is the dead-letter stream of group on stream.
+func (s Space) DeadLetters(stream, group string) string { return s.groupTag(stream, group) + ":dlq" }

@@ -1,0 +1,303 @@
+package rebalance
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// A lease is a consumer's exclusive, expiring right to read, claim and ack
+// one partition for one group. Every grant carries a new epoch (the fencing
+// token), and every read, claim, ack, renewal and release runs in a Lua script
+// that first checks the holder and the epoch, so the check and the action are
+// atomic in Redis: no client clock decides who may act.
+
+// Grant is the outcome of an acquisition.
+type Grant struct {
+	Granted bool          // true when the lease is now held by the caller
+	Holder  string        // the holder after the call
+	Epoch   int64         // the holder's epoch
+	TTL     time.Duration // lease time left (for a grant: the full TTL)
+	Err     error         // the call failed; its outcome is unknown
+}
+
+// Held names a lease the caller believes it holds.
+type Held struct {
+	Key   string // the lease key
+	Epoch int64  // the epoch it was granted under
+}
+
+// Acquire asks for each lease key in one round trip, for ttl. A lease is
+// granted when it is free, expired or already the owner's; every grant bumps
+// the epoch.
+func Acquire(ctx context.Context, rdb redis.Cmdable, owner string, ttl time.Duration, keys []string) []Grant {
+	var b batch
+	calls := make([]*call, len(keys))
+	for i, k := range keys {
+		calls[i] = b.add(acquireScript, []string{k}, owner, ttl.Milliseconds())
+	}
+	b.exec(ctx, rdb)
+	out := make([]Grant, len(keys))
+	for i, c := range calls {
+		out[i] = parseGrant(c.cmd)
+	}
+	return out
+}
+
+func parseGrant(cmd *redis.Cmd) Grant {
+	v, err := cmd.Slice()
+	if err != nil {
+		return Grant{Err: err}
+	}
+	if len(v) != 4 {
+		return Grant{Err: fmt.Errorf("acquire: unexpected reply %v", v)}
+	}
+	epoch, err := strconv.ParseInt(str(v[2]), 10, 64)
+	if err != nil {
+		return Grant{Err: fmt.Errorf("acquire: bad epoch %q", v[2])}
+	}
+	return Grant{
+		Granted: num(v[0]) == 1,
+		Holder:  str(v[1]),
+		Epoch:   epoch,
+		TTL:     time.Duration(num(v[3])) * time.Millisecond,
+	}
+}
+
+// Outcome is the result of a fenced call on one lease.
+type Outcome struct {
+	Fenced bool  // the caller no longer holds the lease under that epoch
+	Err    error // the call failed; its outcome is unknown
+}
+
+// Renew extends each held lease by ttl in one round trip. A lease granted to
+// someone else since comes back Fenced.
+func Renew(ctx context.Context, rdb redis.Cmdable, owner string, ttl time.Duration, held []Held) []Outcome {
+	var b batch
+	calls := make([]*call, len(held))
+	for i, h := range held {
+		calls[i] = b.add(renewScript, []string{h.Key}, owner, strconv.FormatInt(h.Epoch, 10), ttl.Milliseconds())
+	}
+	b.exec(ctx, rdb)
+	out := make([]Outcome, len(held))
+	for i, c := range calls {
+		v, err := c.cmd.Slice()
+		switch {
+		case err != nil:
+			out[i].Err = err
+		case len(v) == 0:
+			out[i].Err = fmt.Errorf("renew: empty reply")
+		default:
+			out[i].Fenced = num(v[0]) != 1
+		}
+	}
+	return out
+}
+
+// Release frees each held lease in one round trip, keeping its epoch so the
+// next grant is greater. A lease that is no longer ours comes back Fenced.
+func Release(ctx context.Context, rdb redis.Cmdable, owner string, held []Held) []Outcome {
+	var b batch
+	calls := make([]*call, len(held))
+	for i, h := range held {
+		calls[i] = b.add(releaseScript, []string{h.Key}, owner, strconv.FormatInt(h.Epoch, 10))
+	}
+	b.exec(ctx, rdb)
+	out := make([]Outcome, len(held))
+	for i, c := range calls {
+		n, err := c.cmd.Int64()
+		out[i] = Outcome{Fenced: err == nil && n != 1, Err: err}
+	}
+	return out
+}
+
+// FetchRequest is the fenced read of one partition for one group.
+type FetchRequest struct {
+	LeaseKey  string
+	StreamKey string
+	Epoch     int64
+	Count     int
+	// Cursor continues a claim in progress ("" when none): "0-0" starts one.
+	Cursor string
+	// CursorIdle is the claim's minimum idle time: 0 to claim the whole
+	// pending list (after a takeover or a lost reply), the redelivery time to
+	// claim only the messages due for redelivery.
+	CursorIdle time.Duration
+	// FetchID is unique per fetch of this holder; a call that arrives with
+	// the same id as the previous one is a retry whose first reply was lost.
+	FetchID string
+}
+
+// Entry is a stream entry: its ID and its fields as name, value pairs.
+type Entry struct {
+	ID     string
+	Fields []string
+}
+
+// FetchResult is what one fenced read returned.
+type FetchResult struct {
+	Outcome
+	Entries []Entry
+	// Deliveries holds the delivery count of the claimed (redelivered)
+	// entries; entries read for the first time are not in it.
+	Deliveries map[string]int64
+	// NextCursor is the claim cursor to continue from, "" when the claim
+	// scanned the whole pending list; NextCursorIdle is that claim's minimum
+	// idle time, to pass back as CursorIdle.
+	NextCursor     string
+	NextCursorIdle time.Duration
+	// Trimmed lists pending entries that no longer exist in the stream
+	// (trimmed by retention before they were acked): lost messages.
+	Trimmed []string
+	// TopID is the partition's last entry ID when nothing was returned, the
+	// position to wait from for new entries.
+	TopID string
+}
+
+// Fetch runs the fenced read of every request in one round trip. Pending
+// messages idle for at least redeliverAfter are claimed and delivered, oldest
+// first, before any new message of their partition.
+func Fetch(ctx context.Context, rdb redis.Cmdable, owner, group string, redeliverAfter time.Duration, reqs []FetchRequest) []FetchResult {
+	var b batch
+	calls := make([]*call, len(reqs))
+	for i, r := range reqs {
+		calls[i] = b.add(fetchScript, []string{r.LeaseKey, r.StreamKey},
+			owner, strconv.FormatInt(r.Epoch, 10), group, r.Count,
+			redeliverAfter.Milliseconds(), r.Cursor, r.CursorIdle.Milliseconds(), r.FetchID)
+	}
+	b.exec(ctx, rdb)
+	out := make([]FetchResult, len(reqs))
+	for i, c := range calls {
+		out[i] = parseFetch(c.cmd)
+	}
+	return out
+}
+
+func parseFetch(cmd *redis.Cmd) (res FetchResult) {
+	v, err := cmd.Slice()
+	if err != nil {
+		res.Err = err
+		return res
+	}
+	if len(v) == 1 && num(v[0]) == 0 {
+		res.Fenced = true
+		return res
+	}
+	if len(v) != 7 {
+		res.Err = fmt.Errorf("fetch: unexpected reply of %d elements", len(v))
+		return res
+	}
+	raw, _ := v[1].([]any)
+	res.Entries = make([]Entry, 0, len(raw))
+	for _, e := range raw {
+		pair, ok := e.([]any)
+		if !ok || len(pair) != 2 {
+			continue
+		}
+		fv, _ := pair[1].([]any)
+		fields := make([]string, len(fv))
+		for j, f := range fv {
+			fields[j] = str(f)
+		}
+		res.Entries = append(res.Entries, Entry{ID: str(pair[0]), Fields: fields})
+	}
+	res.NextCursor = str(v[2])
+	for _, id := range asSlice(v[3]) {
+		res.Trimmed = append(res.Trimmed, str(id))
+	}
+	if counts := asSlice(v[4]); len(counts) > 0 {
+		res.Deliveries = make(map[string]int64, len(counts)/2)
+		for j := 0; j+1 < len(counts); j += 2 {
+			res.Deliveries[str(counts[j])] = num(counts[j+1])
+		}
+	}
+	res.TopID = str(v[5])
+	res.NextCursorIdle = time.Duration(num(v[6])) * time.Millisecond
+	return res
+}
+
+// AckRequest acknowledges messages of one partition delivered under Epoch.
+type AckRequest struct {
+	LeaseKey  string
+	StreamKey string
+	Epoch     int64
+	IDs       []string
+}
+
+// AckResult is the outcome of one fenced ack.
+type AckResult struct {
+	Outcome
+	Acked int64 // how many of the IDs were pending and are now acknowledged
+}
+
+// maxAckIDs bounds the IDs of one script call (Lua's unpack limit).
+const maxAckIDs = 1000
+
+// Ack runs the fenced acknowledgement of every request in one round trip.
+// XACK is idempotent, so an ack whose reply was lost may be sent again.
+func Ack(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs []AckRequest) []AckResult {
+	var b batch
+	calls := make([][]*call, len(reqs))
+	for i, r := range reqs {
+		for start := 0; start < len(r.IDs); start += maxAckIDs {
+			end := min(start+maxAckIDs, len(r.IDs))
+			args := make([]any, 0, 3+end-start)
+			args = append(args, owner, strconv.FormatInt(r.Epoch, 10), group)
+			for _, id := range r.IDs[start:end] {
+				args = append(args, id)
+			}
+			calls[i] = append(calls[i], b.add(ackScript, []string{r.LeaseKey, r.StreamKey}, args...))
+		}
+	}
+	b.exec(ctx, rdb)
+	out := make([]AckResult, len(reqs))
+	for i, cs := range calls {
+		for _, c := range cs {
+			v, err := c.cmd.Slice()
+			switch {
+			case err != nil:
+				out[i].Err = err
+			case len(v) == 0 || num(v[0]) != 1:
+				out[i].Fenced = true
+			case len(v) == 2:
+				out[i].Acked += num(v[1])
+			}
+		}
+	}
+	return out
+}
+
+func str(v any) string {
+	switch s := v.(type) {
+	case string:
+		return s
+	case []byte:
+		return string(s)
+	case int64:
+		return strconv.FormatInt(s, 10)
+	case nil:
+		return ""
+	default:
+		return fmt.Sprint(s)
+	}
+}
+
+func num(v any) int64 {
+	switch n := v.(type) {
+	case int64:
+		return n
+	case string:
+		i, _ := strconv.ParseInt(n, 10, 64)
+		return i
+	default:
+		return 0
+	}
+}
+
+func asSlice(v any) []any {
+	s, _ := v.([]any)
+	return s
+}

@@ -1,0 +1,334 @@
+package rebalance_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmenter/segmenter/internal/redistest"
+	"github.com/segmenter/segmenter/rebalance"
+)
+
+func TestMain(m *testing.M) { redistest.Main(m) }
+
+type fixture struct {
+	ctx    context.Context
+	rdb    *redis.Client
+	lease  string
+	stream string
+	group  string
+}
+
+func newFixture(t *testing.T) fixture {
+	t.Helper()
+	ns := redistest.Namespace(t)
+	f := fixture{
+		ctx:    context.Background(),
+		rdb:    redistest.Client(t),
+		lease:  "test:{" + ns + "}:lease",
+		stream: "test:{" + ns + "}:p",
+		group:  "g",
+	}
+	if err := f.rdb.XGroupCreateMkStream(f.ctx, f.stream, f.group, "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (f fixture) add(t *testing.T, n int) []string {
+	t.Helper()
+	ids := make([]string, n)
+	for i := range ids {
+		id, err := f.rdb.XAdd(f.ctx, &redis.XAddArgs{Stream: f.stream, Values: []any{"n", i}}).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = id
+	}
+	return ids
+}
+
+func (f fixture) acquire(t *testing.T, owner string, ttl time.Duration) rebalance.Grant {
+	t.Helper()
+	g := rebalance.Acquire(f.ctx, f.rdb, owner, ttl, []string{f.lease})[0]
+	if g.Err != nil {
+		t.Fatal(g.Err)
+	}
+	return g
+}
+
+func (f fixture) fetch(t *testing.T, owner string, epoch int64, req rebalance.FetchRequest, redeliverAfter time.Duration) rebalance.FetchResult {
+	t.Helper()
+	req.LeaseKey, req.StreamKey, req.Epoch = f.lease, f.stream, epoch
+	if req.FetchID == "" {
+		req.FetchID = fmt.Sprint(time.Now().UnixNano())
+	}
+	r := rebalance.Fetch(f.ctx, f.rdb, owner, f.group, redeliverAfter, []rebalance.FetchRequest{req})[0]
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	return r
+}
+
+func ids(r rebalance.FetchResult) []string {
+	out := make([]string, len(r.Entries))
+	for i, e := range r.Entries {
+		out[i] = e.ID
+	}
+	return out
+}
+
+func TestLeaseLifecycle(t *testing.T) {
+	f := newFixture(t)
+	a := f.acquire(t, "A", time.Minute)
+	if !a.Granted || a.Holder != "A" || a.Epoch <= 0 {
+		t.Fatalf("first acquire: %+v", a)
+	}
+	b := f.acquire(t, "B", time.Minute)
+	if b.Granted || b.Holder != "A" || b.Epoch != a.Epoch || b.TTL <= 0 {
+		t.Fatalf("acquire of a held lease: %+v", b)
+	}
+	held := []rebalance.Held{{Key: f.lease, Epoch: a.Epoch}}
+	if r := rebalance.Renew(f.ctx, f.rdb, "A", time.Minute, held)[0]; r.Err != nil || r.Fenced {
+		t.Fatalf("renew by holder: %+v", r)
+	}
+	stale := []rebalance.Held{{Key: f.lease, Epoch: a.Epoch - 1}}
+	if r := rebalance.Renew(f.ctx, f.rdb, "A", time.Minute, stale)[0]; !r.Fenced {
+		t.Fatalf("renew with a stale epoch: %+v", r)
+	}
+	if r := rebalance.Renew(f.ctx, f.rdb, "B", time.Minute, held)[0]; !r.Fenced {
+		t.Fatalf("renew by a non-holder: %+v", r)
+	}
+	if r := rebalance.Release(f.ctx, f.rdb, "A", held)[0]; r.Err != nil || r.Fenced {
+		t.Fatalf("release: %+v", r)
+	}
+	b = f.acquire(t, "B", time.Minute)
+	if !b.Granted || b.Epoch <= a.Epoch {
+		t.Fatalf("acquire after release: %+v (A had epoch %d)", b, a.Epoch)
+	}
+	if r := rebalance.Renew(f.ctx, f.rdb, "A", time.Minute, held)[0]; !r.Fenced {
+		t.Fatalf("renew after losing the lease: %+v", r)
+	}
+	if r := rebalance.Release(f.ctx, f.rdb, "A", held)[0]; !r.Fenced {
+		t.Fatalf("release of a lease held by another: %+v", r)
+	}
+}
+
+func TestLeaseExpiresToAnotherOwnerWithGreaterEpoch(t *testing.T) {
+	f := newFixture(t)
+	a := f.acquire(t, "A", 50*time.Millisecond)
+	var b rebalance.Grant
+	redistest.Eventually(t, 5*time.Second, func() bool {
+		b = f.acquire(t, "B", time.Minute)
+		return b.Granted
+	}, "B never got the expired lease")
+	if b.Epoch <= a.Epoch {
+		t.Fatalf("epoch went from %d to %d", a.Epoch, b.Epoch)
+	}
+}
+
+func TestEpochNotReissuedAfterLeaseHashLost(t *testing.T) {
+	f := newFixture(t)
+	a := f.acquire(t, "A", time.Minute)
+	// A restart without persistence (or an asynchronous failover) loses the hash.
+	if err := f.rdb.Del(f.ctx, f.lease).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b := f.acquire(t, "B", time.Minute)
+	if !b.Granted || b.Epoch <= a.Epoch {
+		t.Fatalf("after losing the lease hash B got %+v, A had epoch %d", b, a.Epoch)
+	}
+}
+
+func TestFetchAndAckAreFenced(t *testing.T) {
+	f := newFixture(t)
+	f.add(t, 3)
+	a := f.acquire(t, "A", time.Minute)
+	r := rebalance.Fetch(f.ctx, f.rdb, "A", f.group, time.Hour, []rebalance.FetchRequest{{
+		LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch - 1, Count: 10, FetchID: "1",
+	}})[0]
+	if !r.Fenced || len(r.Entries) != 0 {
+		t.Fatalf("fetch with a stale epoch: %+v", r)
+	}
+	got := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 10}, time.Hour)
+	if len(got.Entries) != 3 {
+		t.Fatalf("fetch returned %d entries, want 3", len(got.Entries))
+	}
+	rebalance.Release(f.ctx, f.rdb, "A", []rebalance.Held{{Key: f.lease, Epoch: a.Epoch}})
+	b := f.acquire(t, "B", time.Minute)
+
+	ack := rebalance.Ack(f.ctx, f.rdb, "A", f.group, []rebalance.AckRequest{{
+		LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch, IDs: ids(got),
+	}})[0]
+	if !ack.Fenced || ack.Acked != 0 {
+		t.Fatalf("ack by the old owner: %+v", ack)
+	}
+	if n, _ := f.rdb.XPending(f.ctx, f.stream, f.group).Result(); n.Count != 3 {
+		t.Fatalf("fenced ack changed the pending list: %d pending", n.Count)
+	}
+	r = rebalance.Fetch(f.ctx, f.rdb, "A", f.group, 0, []rebalance.FetchRequest{{
+		LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch, Count: 10, FetchID: "2",
+	}})[0]
+	if !r.Fenced {
+		t.Fatalf("fetch by the old owner: %+v", r)
+	}
+	ack = rebalance.Ack(f.ctx, f.rdb, "B", f.group, []rebalance.AckRequest{{
+		LeaseKey: f.lease, StreamKey: f.stream, Epoch: b.Epoch, IDs: ids(got),
+	}})[0]
+	if ack.Fenced || ack.Err != nil || ack.Acked != 3 {
+		t.Fatalf("ack by the new owner: %+v", ack)
+	}
+}
+
+func TestTakeoverClaimsPendingFirstInOrder(t *testing.T) {
+	f := newFixture(t)
+	sent := f.add(t, 5)
+	a := f.acquire(t, "A", time.Minute)
+	first := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 3}, time.Hour)
+	if !slices.Equal(ids(first), sent[:3]) {
+		t.Fatalf("A read %v, want %v", ids(first), sent[:3])
+	}
+	// A vanishes without releasing; B takes over and claims from the start.
+	if err := f.rdb.HSet(f.ctx, f.lease, "x", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	b := f.acquire(t, "B", time.Minute)
+	if !b.Granted {
+		t.Fatalf("B could not take the expired lease: %+v", b)
+	}
+	r := f.fetch(t, "B", b.Epoch, rebalance.FetchRequest{Count: 2, Cursor: "0-0"}, time.Hour)
+	if !slices.Equal(ids(r), sent[:2]) || r.NextCursor == "" {
+		t.Fatalf("B's first fetch: %v cursor %q, want %v and a cursor", ids(r), r.NextCursor, sent[:2])
+	}
+	for _, e := range r.Entries {
+		if r.Deliveries[e.ID] != 2 {
+			t.Fatalf("delivery count of %s is %d, want 2", e.ID, r.Deliveries[e.ID])
+		}
+	}
+	r = f.fetch(t, "B", b.Epoch, rebalance.FetchRequest{Count: 3, Cursor: r.NextCursor, CursorIdle: r.NextCursorIdle}, time.Hour)
+	if !slices.Equal(ids(r), sent[2:5]) || r.NextCursor != "" {
+		t.Fatalf("B's second fetch: %v cursor %q, want the last pending then new: %v", ids(r), r.NextCursor, sent[2:5])
+	}
+	if r.Deliveries[sent[2]] != 2 || r.Deliveries[sent[3]] != 0 {
+		t.Fatalf("deliveries %v: want %s redelivered and %s new", r.Deliveries, sent[2], sent[3])
+	}
+}
+
+func TestRedeliveryGoesFirstOldestFirst(t *testing.T) {
+	f := newFixture(t)
+	sent := f.add(t, 5)
+	a := f.acquire(t, "A", time.Minute)
+	r := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 4}, time.Hour)
+	if len(r.Entries) != 4 {
+		t.Fatalf("read %d", len(r.Entries))
+	}
+	rebalance.Ack(f.ctx, f.rdb, "A", f.group, []rebalance.AckRequest{{LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch, IDs: []string{sent[1], sent[3]}}})
+	// Not due yet: the new message comes.
+	r = f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 10}, time.Hour)
+	if !slices.Equal(ids(r), sent[4:5]) {
+		t.Fatalf("before redelivery is due: %v, want %v", ids(r), sent[4:5])
+	}
+	f.add(t, 1)
+	// Due (redelivery after 0): the unacked ones come back, oldest first,
+	// and nothing newer of the partition comes in the same fetch.
+	r = f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 10}, 0)
+	want := []string{sent[0], sent[2], sent[4]}
+	if !slices.Equal(ids(r), want) {
+		t.Fatalf("redelivery: %v, want %v", ids(r), want)
+	}
+	for _, id := range want {
+		if r.Deliveries[id] != 2 {
+			t.Fatalf("delivery count of %s: %d, want 2", id, r.Deliveries[id])
+		}
+	}
+}
+
+func TestRetriedFetchReclaimsInsteadOfSkipping(t *testing.T) {
+	f := newFixture(t)
+	sent := f.add(t, 4)
+	a := f.acquire(t, "A", time.Minute)
+	lost := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 2, FetchID: "same"}, time.Hour)
+	if !slices.Equal(ids(lost), sent[:2]) {
+		t.Fatalf("first fetch: %v", ids(lost))
+	}
+	// The reply was lost and the client retried the very same call: it must
+	// get the first messages again, not the next ones.
+	retry := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 2, FetchID: "same"}, time.Hour)
+	if !slices.Equal(ids(retry), sent[:2]) {
+		t.Fatalf("retried fetch: %v, want %v", ids(retry), sent[:2])
+	}
+	next := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 10, FetchID: "next", Cursor: retry.NextCursor, CursorIdle: retry.NextCursorIdle}, time.Hour)
+	if !slices.Equal(ids(next), sent[2:]) {
+		t.Fatalf("after the retry: %v, want %v", ids(next), sent[2:])
+	}
+}
+
+func TestTrimmedPendingEntriesAreReported(t *testing.T) {
+	f := newFixture(t)
+	sent := f.add(t, 3)
+	a := f.acquire(t, "A", time.Minute)
+	f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 10}, time.Hour)
+	if err := f.rdb.XTrimMaxLen(f.ctx, f.stream, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 10}, 0)
+	if !slices.Equal(r.Trimmed, sent) || len(r.Entries) != 0 {
+		t.Fatalf("trimmed %v entries %v, want trimmed %v", r.Trimmed, ids(r), sent)
+	}
+	if r.TopID != "0-0" {
+		t.Fatalf("top of an empty partition: %q", r.TopID)
+	}
+}
+
+func TestFetchOnMissingGroupIsNOGROUP(t *testing.T) {
+	f := newFixture(t)
+	a := f.acquire(t, "A", time.Minute)
+	if err := f.rdb.Del(f.ctx, f.stream).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r := rebalance.Fetch(f.ctx, f.rdb, "A", f.group, time.Hour, []rebalance.FetchRequest{{
+		LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch, Count: 1, FetchID: "1",
+	}})[0]
+	if !redis.HasErrorPrefix(r.Err, "NOGROUP") {
+		t.Fatalf("fetch on a deleted stream: err %v", r.Err)
+	}
+}
+
+func TestScriptsSurviveScriptFlush(t *testing.T) {
+	// SCRIPT FLUSH empties the server's script cache for every client, so
+	// this test runs on a server of its own.
+	inst := redistest.Standalone(t)
+	rdb := inst.Client(t)
+	ctx := context.Background()
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	g := rebalance.Acquire(ctx, rdb, "A", time.Minute, []string{"k1", "k2"})
+	for _, x := range g {
+		if x.Err != nil || !x.Granted {
+			t.Fatalf("acquire after SCRIPT FLUSH: %+v", x)
+		}
+	}
+}
+
+func TestClaimRestartsWhenAPassedMessageComesDueAgain(t *testing.T) {
+	f := newFixture(t)
+	sent := f.add(t, 4)
+	a := f.acquire(t, "A", time.Minute)
+	f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 4}, time.Hour)
+	// Everything is due: a claim starts and stops after two messages.
+	r := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 2}, 0)
+	if !slices.Equal(ids(r), sent[:2]) || r.NextCursor == "" {
+		t.Fatalf("first part of the claim: %v cursor %q", ids(r), r.NextCursor)
+	}
+	// The claimed messages are due again (redelivery after 0) before the
+	// claim went on: they go first, not sent[2:].
+	r = f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 2, Cursor: r.NextCursor, CursorIdle: r.NextCursorIdle}, 0)
+	if !slices.Equal(ids(r), sent[:2]) {
+		t.Fatalf("claim continued past due messages: %v, want %v", ids(r), sent[:2])
+	}
+}

@@ -1,0 +1,19 @@
+-- acquire: grant the lease KEYS[1] to ARGV[1] for ARGV[2] ms when it is free,
+-- expired, or already held by ARGV[1]. Every grant gets a new epoch, strictly
+-- greater than every earlier one and never below the server's clock in
+-- microseconds, so an epoch is not reissued to another owner after a restart
+-- or failover that lost the lease hash (as long as the server clock does not
+-- go back).
+-- Reply: {1, owner, epoch, ttl_ms} granted | {0, holder, epoch, remaining_ms} held by another.
+local now = now_ms()
+local l = redis.call('HMGET', KEYS[1], 'o', 'e', 'x')
+local holder, epoch, exp = l[1], tonumber(l[2]) or 0, tonumber(l[3]) or 0
+if holder and holder ~= '' and holder ~= ARGV[1] and exp > now then
+  return {0, holder, fmt(epoch), exp - now}
+end
+local e = epoch + 1
+local us = now_us()
+if e < us then e = us end
+local ttl = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'o', ARGV[1], 'e', fmt(e), 'x', fmt(now + ttl))
+return {1, ARGV[1], fmt(e), ttl}

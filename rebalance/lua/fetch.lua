@@ -1,0 +1,101 @@
+-- fetch: the fenced group read of one partition.
+-- KEYS[1] lease, KEYS[2] partition stream.
+-- ARGV: 1 owner, 2 epoch, 3 group, 4 count, 5 redelivery idle ms,
+--       6 claim cursor ('' = none), 7 claim min idle ms, 8 fetch id.
+-- Order of delivery: first the claim in progress (after a takeover or a lost
+-- reply: everything pending, idle 0; or the messages due for redelivery),
+-- oldest first, continued from its cursor; only once that claim has scanned
+-- the whole pending list are new messages read. A fetch whose id equals the
+-- previous one is a retry of a call whose reply was lost: its messages went
+-- to the pending list unseen, so it claims the whole pending list again.
+-- Reply: {0} fenced |
+--   {1, entries, next_cursor, trimmed_ids, counts, top_id, claim_idle}
+--   entries: {{id, {field, value, ...}}, ...}; counts: {id, deliveries, ...}
+--   for claimed entries; top_id: the partition's last entry id when nothing
+--   was found ('' otherwise); claim_idle: the min idle of the claim that
+--   next_cursor continues.
+local l = redis.call('HMGET', KEYS[1], 'o', 'e', 'r')
+if l[1] ~= ARGV[1] or l[2] ~= ARGV[2] then return {0} end
+local me, group, count = ARGV[1], ARGV[3], tonumber(ARGV[4])
+local cursor, claim_idle = ARGV[6], ARGV[7]
+if l[3] == ARGV[8] then cursor = '0-0'; claim_idle = '0' end
+redis.call('HSET', KEYS[1], 'r', ARGV[8])
+
+-- oldest_due: is the oldest pending message of the group due for
+-- redelivery? Also returns its ID.
+local function oldest_due()
+  local p = redis.pcall('XPENDING', KEYS[2], group, '-', '+', 1)
+  if type(p) == 'table' and p.err then return nil, nil, p end
+  if #p == 0 then return false end
+  return tonumber(p[1][3]) >= tonumber(ARGV[5]), p[1][1]
+end
+
+local function id_less(a, b)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  ams, bms = tonumber(ams), tonumber(bms)
+  if ams ~= bms then return ams < bms end
+  return tonumber(aseq) < tonumber(bseq)
+end
+
+local claimed = cursor ~= ''
+if not claimed then
+  local due, _, err = oldest_due()
+  if err then return err end
+  if due then cursor = '0-0'; claim_idle = ARGV[5]; claimed = true end
+elseif cursor ~= '0-0' then
+  -- A claim spanning several fetches: a message it already passed may have
+  -- come due again. Redelivery goes oldest first, so start over.
+  local due, id, err = oldest_due()
+  if err then return err end
+  if due and id_less(id, cursor) then cursor = '0-0' end
+end
+
+local entries, trimmed, counts, next_cursor = {}, {}, {}, ''
+if cursor ~= '' then
+  local rounds = 0
+  while #entries < count and rounds < 32 do
+    rounds = rounds + 1
+    local r = redis.pcall('XAUTOCLAIM', KEYS[2], group, me, claim_idle, cursor, 'COUNT', count - #entries)
+    if type(r) == 'table' and r.err then return r end
+    cursor = r[1]
+    for _, e in ipairs(r[2]) do
+      if e then table.insert(entries, e) end
+    end
+    if r[3] then
+      for _, id in ipairs(r[3]) do table.insert(trimmed, id) end
+    end
+    if cursor == '0-0' then break end
+  end
+  if cursor ~= '0-0' then next_cursor = cursor end
+  if #entries > 0 then
+    local first, last = entries[1][1], entries[#entries][1]
+    local pend = redis.call('XPENDING', KEYS[2], group, first, last, #entries * 2 + 10, me)
+    for _, p in ipairs(pend) do
+      table.insert(counts, p[1]); table.insert(counts, p[4])
+    end
+  end
+end
+
+local read_new = next_cursor == '' and #entries < count
+if read_new and claimed then
+  -- a claim spanning several fetches may have passed a message that came
+  -- due again meanwhile: it goes first, on the next fetch.
+  local due, _, err = oldest_due()
+  if err then return err end
+  if due then read_new = false end
+end
+if read_new then
+  local r = redis.pcall('XREADGROUP', 'GROUP', group, me, 'COUNT', count - #entries, 'STREAMS', KEYS[2], '>')
+  if type(r) == 'table' and r.err then return r end
+  if r then
+    for _, e in ipairs(r[1][2]) do table.insert(entries, e) end
+  end
+end
+
+local top = ''
+if #entries == 0 then
+  local t = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  if #t > 0 then top = t[1][1] else top = '0-0' end
+end
+return {1, entries, next_cursor, trimmed, counts, top, claim_idle}

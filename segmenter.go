@@ -1,0 +1,325 @@
+package segmenter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmenter/segmenter/internal/keyspace"
+	"github.com/segmenter/segmenter/partition"
+)
+
+// Config configures a Segmenter. Only Namespace is required; every other
+// field documents its default.
+type Config struct {
+	// Namespace prefixes every Redis key the SDK writes. Processes with the
+	// same Namespace and Redis see the same streams. Required; 1 to
+	// MaxNameLength characters from [A-Za-z0-9_.-].
+	Namespace string
+
+	// Client is a Redis client the caller owns: a *redis.Client, a
+	// *redis.ClusterClient, or a Sentinel failover client. The SDK never
+	// closes it. When nil, the SDK builds its own client from RedisURL and
+	// closes that one in Close.
+	Client redis.UniversalClient
+
+	// RedisURL is used when Client is nil: "redis://[user:password@]host:port/db"
+	// or "rediss://..." for TLS. Default: the REDIS_URL environment variable.
+	RedisURL string
+
+	// Logger receives the SDK's logs, with the attributes stream, group,
+	// consumer, partition and epoch. Default: discard.
+	Logger *slog.Logger
+
+	// LeaseTTL is how long a consumer's lease on a partition lasts without
+	// renewal: a consumer that stops renewing (crashed, paused, cut off)
+	// loses its partitions this long after its last renewal. Default 10s.
+	LeaseTTL time.Duration
+
+	// LeaseRenewInterval is how often a consumer renews its leases and asks
+	// for the partitions it lacks. Default LeaseTTL/3. Must be below LeaseTTL.
+	LeaseRenewInterval time.Duration
+
+	// BlockInterval bounds one blocking wait of Consumer.Read for new
+	// messages in Redis; a cancelled context is noticed within it. Default
+	// 500ms.
+	BlockInterval time.Duration
+
+	// OnError, when set, receives the errors of background work (lease
+	// renewal and acquisition). They are logged either way.
+	OnError func(error)
+}
+
+const (
+	defaultLeaseTTL      = 10 * time.Second
+	defaultBlockInterval = 500 * time.Millisecond
+)
+
+func (c *Config) withDefaults() Config {
+	cfg := *c
+	if cfg.RedisURL == "" && cfg.Client == nil {
+		cfg.RedisURL = os.Getenv("REDIS_URL")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = defaultLeaseTTL
+	}
+	if cfg.LeaseRenewInterval == 0 {
+		cfg.LeaseRenewInterval = cfg.LeaseTTL / 3
+	}
+	if cfg.BlockInterval == 0 {
+		cfg.BlockInterval = defaultBlockInterval
+	}
+	return cfg
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if err := validateName("namespace", c.Namespace); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Client == nil && c.RedisURL == "" {
+		errs = append(errs, invalid("no Redis: set Config.Client or Config.RedisURL (or the REDIS_URL environment variable)"))
+	}
+	if c.LeaseTTL < 10*time.Millisecond {
+		errs = append(errs, invalid("LeaseTTL %v is below 10ms", c.LeaseTTL))
+	}
+	if c.LeaseRenewInterval <= 0 || c.LeaseRenewInterval >= c.LeaseTTL {
+		errs = append(errs, invalid("LeaseRenewInterval %v must be above 0 and below LeaseTTL %v", c.LeaseRenewInterval, c.LeaseTTL))
+	}
+	if c.BlockInterval < time.Millisecond {
+		errs = append(errs, invalid("BlockInterval %v is below 1ms", c.BlockInterval))
+	}
+	return errors.Join(errs...)
+}
+
+// Segmenter is the entry point: it registers streams and consumers in one
+// namespace. It is safe for concurrent use.
+type Segmenter struct {
+	cfg       Config
+	rdb       redis.UniversalClient
+	ownClient bool
+	keys      keyspace.Space
+	log       *slog.Logger
+
+	mu        sync.Mutex
+	closed    bool
+	consumers map[*Consumer]struct{}
+}
+
+// NewSegmenter validates cfg, connects (when given a URL) and returns a
+// Segmenter. It reports every problem of cfg at once.
+func NewSegmenter(cfg *Config) (*Segmenter, error) {
+	if cfg == nil {
+		return nil, invalid("nil Config")
+	}
+	c := cfg.withDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	s := &Segmenter{
+		cfg:       c,
+		rdb:       c.Client,
+		keys:      keyspace.New(c.Namespace),
+		log:       c.Logger.With("namespace", c.Namespace),
+		consumers: make(map[*Consumer]struct{}),
+	}
+	if s.rdb == nil {
+		opt, err := redis.ParseURL(c.RedisURL)
+		if err != nil {
+			return nil, fmt.Errorf("%w: RedisURL: %v", ErrInvalidArgument, err)
+		}
+		s.rdb = redis.NewClient(opt)
+		s.ownClient = true
+	}
+	return s, nil
+}
+
+// Namespace returns the namespace of s.
+func (s *Segmenter) Namespace() string { return s.cfg.Namespace }
+
+// Client returns the Redis client s uses.
+func (s *Segmenter) Client() redis.UniversalClient { return s.rdb }
+
+// Close shuts down every consumer registered through s (as Consumer.Shutdown
+// does, bounded by ctx) and closes the Redis client if s created it. A client
+// passed in Config.Client is left open. Close is idempotent.
+func (s *Segmenter) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	consumers := make([]*Consumer, 0, len(s.consumers))
+	for c := range s.consumers {
+		consumers = append(consumers, c)
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, c := range consumers {
+		if err := c.Shutdown(ctx); err != nil && !errors.Is(err, ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	if s.ownClient {
+		errs = append(errs, s.rdb.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Segmenter) checkOpen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// StreamOption configures RegisterStream.
+type StreamOption interface{ applyStream(*streamOptions) }
+
+type streamOptions struct{ partitioner partition.Partitioner }
+
+type streamOptionFunc func(*streamOptions)
+
+func (f streamOptionFunc) applyStream(o *streamOptions) { f(o) }
+
+// WithPartitioner sets the function that maps a partition key to a
+// partition. Default partition.Default (Kafka's murmur2, so keys land on the
+// partitions Kafka would pick). The partitioner's name is stored with the
+// stream: every process must use the same one.
+func WithPartitioner(p partition.Partitioner) StreamOption {
+	return streamOptionFunc(func(o *streamOptions) { o.partitioner = p })
+}
+
+// streamMeta is a stream's metadata as stored in Redis.
+type streamMeta struct {
+	partitions  int
+	maxLen      int64
+	partitioner string
+}
+
+const metaVersion = "v1"
+
+func (m streamMeta) encode() string {
+	return metaVersion + "|" + strconv.Itoa(m.partitions) + "|" + strconv.FormatInt(m.maxLen, 10) + "|" + m.partitioner
+}
+
+func decodeMeta(s string) (streamMeta, error) {
+	f := strings.Split(s, "|")
+	if len(f) != 4 || f[0] != metaVersion {
+		return streamMeta{}, fmt.Errorf("segmenter: unreadable stream metadata %q", s)
+	}
+	p, err1 := strconv.Atoi(f[1])
+	n, err2 := strconv.ParseInt(f[2], 10, 64)
+	if err1 != nil || err2 != nil || p < 1 {
+		return streamMeta{}, fmt.Errorf("segmenter: unreadable stream metadata %q", s)
+	}
+	return streamMeta{partitions: p, maxLen: n, partitioner: f[3]}, nil
+}
+
+// RegisterStream creates the stream name with the given number of partitions
+// and retention (approximate maximum entries kept per partition; 0 keeps
+// everything), or returns the existing one. The metadata lives in Redis, so
+// every process of the namespace gets the same stream. Registering again with
+// the same parameters is a no-op, also when two processes race; different
+// parameters give ErrStreamConflict and change nothing.
+func (s *Segmenter) RegisterStream(ctx context.Context, name string, partitions int, maxLenPerPartition int64, opts ...StreamOption) (*Stream, error) {
+	var o streamOptions
+	for _, opt := range opts {
+		opt.applyStream(&o)
+	}
+	if o.partitioner == nil {
+		o.partitioner = partition.Default
+	}
+	var errs []error
+	if err := validateName("stream", name); err != nil {
+		errs = append(errs, err)
+	}
+	if partitions < 1 {
+		errs = append(errs, invalid("partitions is %d, must be at least 1", partitions))
+	}
+	if partitions > maxPartitions {
+		errs = append(errs, invalid("partitions is %d, the maximum is %d", partitions, maxPartitions))
+	}
+	if maxLenPerPartition < 0 {
+		errs = append(errs, invalid("maxLenPerPartition is %d, must be 0 (unbounded) or more", maxLenPerPartition))
+	}
+	if err := validateName("partitioner", o.partitioner.Name()); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
+	want := streamMeta{partitions: partitions, maxLen: maxLenPerPartition, partitioner: o.partitioner.Name()}
+	created, err := s.rdb.HSetNX(ctx, s.keys.Streams(), name, want.encode()).Result()
+	if err != nil {
+		return nil, fmt.Errorf("segmenter: register stream %q: %w", name, err)
+	}
+	if !created {
+		got, err := s.streamMeta(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		if got != want {
+			return nil, fmt.Errorf("%w: stream %q has %d partitions, retention %d, partitioner %s; asked for %d, %d, %s",
+				ErrStreamConflict, name, got.partitions, got.maxLen, got.partitioner, want.partitions, want.maxLen, want.partitioner)
+		}
+	}
+	return newStream(s, name, want, o.partitioner), nil
+}
+
+// maxPartitions bounds the partitions of one stream.
+const maxPartitions = 65536
+
+func (s *Segmenter) streamMeta(ctx context.Context, name string) (streamMeta, error) {
+	raw, err := s.rdb.HGet(ctx, s.keys.Streams(), name).Result()
+	if errors.Is(err, redis.Nil) {
+		return streamMeta{}, fmt.Errorf("%w: %q in namespace %q", ErrStreamNotFound, name, s.cfg.Namespace)
+	}
+	if err != nil {
+		return streamMeta{}, fmt.Errorf("segmenter: stream %q: %w", name, err)
+	}
+	return decodeMeta(raw)
+}
+
+// GetStream returns the registered stream name, or ErrStreamNotFound.
+func (s *Segmenter) GetStream(ctx context.Context, name string) (*Stream, error) {
+	if err := validateName("stream", name); err != nil {
+		return nil, err
+	}
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
+	m, err := s.streamMeta(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	p, err := partition.ByName(m.partitioner)
+	if err != nil {
+		return nil, fmt.Errorf("segmenter: stream %q uses partitioner %q: %w", name, m.partitioner, err)
+	}
+	return newStream(s, name, m, p), nil
+}
+
+func (s *Segmenter) reportError(err error) {
+	s.log.Error("background error", "err", err)
+	if s.cfg.OnError != nil {
+		s.cfg.OnError(err)
+	}
+}

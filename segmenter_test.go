@@ -1,0 +1,346 @@
+package segmenter_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/segmenter/segmenter"
+	"github.com/segmenter/segmenter/contracts"
+	"github.com/segmenter/segmenter/internal/redistest"
+	"github.com/segmenter/segmenter/partition"
+)
+
+func TestMain(m *testing.M) { redistest.MainWithURL(m) }
+
+// keysOf lists the Redis keys of namespace ns.
+func keysOf(t *testing.T, rdb redis.UniversalClient, ns string) []string {
+	t.Helper()
+	keys, err := rdb.Keys(context.Background(), "seg:{"+ns+"*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
+
+func TestNewSegmenterRejectsBadConfig(t *testing.T) {
+	t.Setenv("REDIS_URL", "")
+	rdb := redistest.Client(t)
+	long := strings.Repeat("a", segmenter.MaxNameLength+1)
+	cases := []struct {
+		name string
+		cfg  *segmenter.Config
+		want []string // fragments of the error, every problem reported at once
+	}{
+		{"nil config", nil, []string{"nil Config"}},
+		{"empty namespace and no redis", &segmenter.Config{}, []string{"namespace name is empty", "no Redis"}},
+		{"namespace with a colon", &segmenter.Config{Namespace: "a:b", Client: rdb}, []string{`character ':'`}},
+		{"namespace with a brace", &segmenter.Config{Namespace: "a{b", Client: rdb}, []string{`character '{'`}},
+		{"namespace too long", &segmenter.Config{Namespace: long, Client: rdb}, []string{"maximum is 128"}},
+		{"renew not below ttl", &segmenter.Config{Namespace: "ns", Client: rdb, LeaseTTL: time.Second, LeaseRenewInterval: time.Second}, []string{"LeaseRenewInterval"}},
+		{"tiny ttl and bad block", &segmenter.Config{Namespace: "ns", Client: rdb, LeaseTTL: time.Millisecond, BlockInterval: -1}, []string{"LeaseTTL", "BlockInterval"}},
+		{"bad url", &segmenter.Config{Namespace: "ns", RedisURL: "http://nope"}, []string{"RedisURL"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			seg, err := segmenter.NewSegmenter(tc.cfg)
+			if !errors.Is(err, segmenter.ErrInvalidArgument) || seg != nil {
+				t.Fatalf("got %v, %v; want ErrInvalidArgument", seg, err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestBadInputWritesNothing(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	rdb := redistest.Client(t)
+	seg := newSegmenter(t, ns, rdb)
+	long := strings.Repeat("s", segmenter.MaxNameLength+1)
+
+	for _, tc := range []struct {
+		name       string
+		stream     string
+		partitions int
+		maxLen     int64
+	}{
+		{"empty name", "", 4, 0},
+		{"colon in name", "a:b", 4, 0},
+		{"hash tag in name", "a}b", 4, 0},
+		{"space in name", "a b", 4, 0},
+		{"oversized name", long, 4, 0},
+		{"zero partitions", "s", 0, 0},
+		{"negative partitions", "s", -3, 0},
+		{"too many partitions", "s", 1 << 20, 0},
+		{"negative retention", "s", 4, -1},
+	} {
+		t.Run("RegisterStream/"+tc.name, func(t *testing.T) {
+			_, err := seg.RegisterStream(ctx, tc.stream, tc.partitions, tc.maxLen)
+			if !errors.Is(err, segmenter.ErrInvalidArgument) {
+				t.Fatalf("got %v, want ErrInvalidArgument", err)
+			}
+		})
+	}
+	if keys := keysOf(t, rdb, ns); len(keys) != 0 {
+		t.Fatalf("rejected RegisterStream calls wrote %v", keys)
+	}
+
+	st, err := seg.RegisterStream(ctx, "orders", 4, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := keysOf(t, rdb, ns)
+	for _, tc := range []struct {
+		name string
+		msgs []*contracts.PMessage
+	}{
+		{"nil message", []*contracts.PMessage{nil}},
+		{"empty key", []*contracts.PMessage{{Data: []byte("x")}}},
+		{"one bad in a batch", []*contracts.PMessage{msg("k", "ok"), {Data: []byte("x")}}},
+	} {
+		t.Run("Send/"+tc.name, func(t *testing.T) {
+			if len(tc.msgs) == 1 {
+				if _, err := st.Send(ctx, tc.msgs[0]); !errors.Is(err, segmenter.ErrInvalidArgument) {
+					t.Fatalf("Send: got %v, want ErrInvalidArgument", err)
+				}
+			}
+			if _, err := st.SendBatch(ctx, tc.msgs); !errors.Is(err, segmenter.ErrInvalidArgument) {
+				t.Fatalf("SendBatch: got %v, want ErrInvalidArgument", err)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		name           string
+		stream, group  string
+		batch          int
+		maxProcessing  time.Duration
+		opts           []segmenter.ConsumerOption
+		wantNotFound   bool
+		wantFragments  []string
+		wantInvalidArg bool
+	}{
+		{name: "zero batch", stream: "orders", group: "g", batch: 0, maxProcessing: time.Second, wantInvalidArg: true},
+		{name: "huge batch", stream: "orders", group: "g", batch: segmenter.MaxBatchSize + 1, maxProcessing: time.Second, wantInvalidArg: true},
+		{name: "bad group", stream: "orders", group: "g:1", batch: 1, maxProcessing: time.Second, wantInvalidArg: true},
+		{name: "empty group", stream: "orders", group: "", batch: 1, maxProcessing: time.Second, wantInvalidArg: true},
+		{name: "zero processing time", stream: "orders", group: "g", batch: 1, maxProcessing: 0, wantInvalidArg: true},
+		{name: "bad consumer name", stream: "orders", group: "g", batch: 1, maxProcessing: time.Second, opts: []segmenter.ConsumerOption{segmenter.WithConsumerName("a b")}, wantInvalidArg: true},
+		{name: "all at once", stream: "", group: "", batch: 0, maxProcessing: 0, wantInvalidArg: true, wantFragments: []string{"stream name", "group name", "batchSize", "maxProcessingTime"}},
+		{name: "unknown stream", stream: "nope", group: "g", batch: 1, maxProcessing: time.Second, wantNotFound: true},
+	} {
+		t.Run("RegisterConsumer/"+tc.name, func(t *testing.T) {
+			c, err := seg.RegisterConsumer(ctx, tc.stream, tc.group, tc.batch, tc.maxProcessing, tc.opts...)
+			if c != nil {
+				t.Fatal("got a consumer")
+			}
+			if tc.wantInvalidArg && !errors.Is(err, segmenter.ErrInvalidArgument) {
+				t.Fatalf("got %v, want ErrInvalidArgument", err)
+			}
+			if tc.wantNotFound && !errors.Is(err, segmenter.ErrStreamNotFound) {
+				t.Fatalf("got %v, want ErrStreamNotFound", err)
+			}
+			for _, f := range tc.wantFragments {
+				if !strings.Contains(err.Error(), f) {
+					t.Errorf("error %q does not mention %q", err, f)
+				}
+			}
+		})
+	}
+	if after := keysOf(t, rdb, ns); len(after) != len(before) {
+		t.Fatalf("rejected calls wrote keys: before %v after %v", before, after)
+	}
+	c, err := seg.RegisterConsumer(ctx, "orders", "g", 10, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Read(ctx, -time.Second); !errors.Is(err, segmenter.ErrInvalidArgument) {
+		t.Fatalf("Read with a negative wait: %v", err)
+	}
+	for name, m := range map[string]*contracts.CMessage{
+		"nil":           nil,
+		"other stream":  {Id: "1-0", Stream: "x", Group: "g"},
+		"other group":   {Id: "1-0", Stream: "orders", Group: "h"},
+		"bad partition": {Id: "1-0", Stream: "orders", Group: "g", Partition: 9},
+		"no id":         {Stream: "orders", Group: "g"},
+	} {
+		if err := c.Ack(ctx, m); !errors.Is(err, segmenter.ErrInvalidArgument) {
+			t.Errorf("Ack of a message with %s: %v, want ErrInvalidArgument", name, err)
+		}
+	}
+}
+
+func TestRegisterStreamIsIdempotentAndDetectsConflicts(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	seg := newSegmenter(t, ns, nil)
+	st, err := seg.RegisterStream(ctx, "payments", 16, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Partitions() != 16 || st.MaxLenPerPartition() != 1000 || st.Name() != "payments" {
+		t.Fatalf("stream %+v", st)
+	}
+	// Another process of the namespace sees the same stream.
+	other := newSegmenter(t, ns, nil)
+	if _, err := other.RegisterStream(ctx, "payments", 16, 1000); err != nil {
+		t.Fatalf("same parameters again: %v", err)
+	}
+	got, err := other.GetStream(ctx, "payments")
+	if err != nil || got.Partitions() != 16 {
+		t.Fatalf("GetStream: %v %v", got, err)
+	}
+	for name, call := range map[string]func() error{
+		"partitions": func() error { _, err := other.RegisterStream(ctx, "payments", 8, 1000); return err },
+		"retention":  func() error { _, err := other.RegisterStream(ctx, "payments", 16, 10); return err },
+		"partitioner": func() error {
+			_, err := other.RegisterStream(ctx, "payments", 16, 1000, segmenter.WithPartitioner(partition.FNV1a))
+			return err
+		},
+	} {
+		if err := call(); !errors.Is(err, segmenter.ErrStreamConflict) {
+			t.Errorf("different %s: %v, want ErrStreamConflict", name, err)
+		}
+	}
+	if _, err := other.GetStream(ctx, "missing"); !errors.Is(err, segmenter.ErrStreamNotFound) {
+		t.Fatalf("GetStream of a missing stream: %v", err)
+	}
+}
+
+func TestConcurrentRegisterStream(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	const n = 8
+	segs := make([]*segmenter.Segmenter, n)
+	for i := range segs {
+		segs[i] = newSegmenter(t, ns, nil)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	parts := make([]int, n)
+	for i := range segs {
+		wg.Go(func() {
+			// Half ask for 4 partitions, half for 8: one wins, atomically.
+			parts[i] = 4 + 4*(i%2)
+			_, errs[i] = segs[i].RegisterStream(ctx, "race", parts[i], 0)
+		})
+	}
+	wg.Wait()
+	st, err := segs[0].GetStream(ctx, "race")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, err := range errs {
+		switch {
+		case parts[i] == st.Partitions() && err != nil:
+			t.Errorf("caller %d asked for the winning %d partitions and got %v", i, parts[i], err)
+		case parts[i] != st.Partitions() && !errors.Is(err, segmenter.ErrStreamConflict):
+			t.Errorf("caller %d asked for %d partitions (stream has %d) and got %v", i, parts[i], st.Partitions(), err)
+		}
+	}
+	// Same parameters from everyone: everyone succeeds.
+	for i := range segs {
+		wg.Go(func() { _, errs[i] = segs[i].RegisterStream(ctx, "same", 3, 10) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("caller %d: %v", i, err)
+		}
+	}
+}
+
+func TestEntriesAreReadableWithXRANGE(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	rdb := redistest.Client(t)
+	seg := newSegmenter(t, ns, rdb)
+	st, err := seg.RegisterStream(ctx, "s", 3, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := st.Send(ctx, &contracts.PMessage{PartitionKey: "user-42", Data: []byte("hello"), Metadata: map[string]string{"trace": "t1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := st.PartitionOf("user-42")
+	if want := partition.Default.Partition([]byte("user-42"), 3); p != want {
+		t.Fatalf("PartitionOf = %d, murmur2 says %d", p, want)
+	}
+	entries, err := rdb.XRange(ctx, "seg:{"+ns+":s:"+string(rune('0'+p))+"}:p", "-", "+").Result()
+	if err != nil || len(entries) != 1 || entries[0].ID != id {
+		t.Fatalf("XRANGE: %v %v", entries, err)
+	}
+	want := map[string]any{"v": "1", "k": "user-42", "d": "hello", "m.trace": "t1"}
+	for k, v := range want {
+		if entries[0].Values[k] != v {
+			t.Errorf("field %s = %v, want %v", k, entries[0].Values[k], v)
+		}
+	}
+}
+
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Server(t)
+	// The client is built from the URL, so Close must close it too.
+	seg, err := segmenter.NewSegmenter(&segmenter.Config{Namespace: redistest.Namespace(t), RedisURL: srv.URL, LeaseTTL: testLeaseTTL, BlockInterval: testBlock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	st, err := seg.RegisterStream(ctx, "s", 4, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c1, err := seg.RegisterConsumer(ctx, "s", "g1", 10, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := seg.RegisterConsumer(ctx, "s", "g2", 10, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	send(t, st, nil, msg("a", "1"), msg("b", "2"))
+	if msgs := drain(t, c1, nil, 2, 10*time.Second); len(msgs) != 2 {
+		t.Fatalf("read %d", len(msgs))
+	}
+	if err := seg.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := seg.Close(ctx); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := c1.Read(ctx, 0); !errors.Is(err, segmenter.ErrClosed) {
+		t.Fatalf("Read after Close: %v", err)
+	}
+	if _, err := st.Send(ctx, msg("a", "3")); !errors.Is(err, segmenter.ErrClosed) {
+		t.Fatalf("Send after Close: %v", err)
+	}
+	if _, err := seg.RegisterStream(ctx, "t", 1, 0); !errors.Is(err, segmenter.ErrClosed) {
+		t.Fatalf("RegisterStream after Close: %v", err)
+	}
+}
+
+func TestUserClientIsNotClosed(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Client(t)
+	seg, err := segmenter.NewSegmenter(&segmenter.Config{Namespace: redistest.Namespace(t), Client: rdb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := seg.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		t.Fatalf("the caller's client was closed: %v", err)
+	}
+}
