@@ -34,8 +34,9 @@ const (
 type ConsumerOption interface{ applyConsumer(*consumerOptions) }
 
 type consumerOptions struct {
-	start StartPosition
-	name  string
+	start    StartPosition
+	name     string
+	listener func(PartitionEvent)
 }
 
 type consumerOptionFunc func(*consumerOptions)
@@ -55,6 +56,52 @@ func WithConsumerName(name string) ConsumerOption {
 	return consumerOptionFunc(func(o *consumerOptions) { o.name = name })
 }
 
+// PartitionEventKind says what happened to a partition of a consumer.
+type PartitionEventKind int
+
+const (
+	// PartitionAssigned: the consumer acquired the partition's lease; its
+	// pending messages are delivered first.
+	PartitionAssigned PartitionEventKind = iota + 1
+	// PartitionRevoked: the consumer handed the partition over (a rebalance
+	// moved it, or Shutdown), after its delivered messages were acked or
+	// passed maxProcessingTime.
+	PartitionRevoked
+	// PartitionLost: the consumer lost the partition without handing it
+	// over: its lease was granted to another consumer (ErrFenced), or the
+	// group vanished from the partition in Redis (ErrGroupNotFound).
+	PartitionLost
+)
+
+func (k PartitionEventKind) String() string {
+	switch k {
+	case PartitionAssigned:
+		return "assigned"
+	case PartitionRevoked:
+		return "revoked"
+	case PartitionLost:
+		return "lost"
+	}
+	return "unknown"
+}
+
+// PartitionEvent tells a consumer's listener that it gained or lost a
+// partition, as Kafka's rebalance listener does.
+type PartitionEvent struct {
+	Kind      PartitionEventKind
+	Partition int
+	Epoch     int64 // the epoch of the lease gained or lost
+	Err       error // why a partition was lost
+}
+
+// WithPartitionListener calls f for every partition the consumer gains or
+// loses. Calls are serialized, come from the consumer's own goroutines (the
+// background loop, Read, Ack), and must return quickly; f must not call
+// Shutdown.
+func WithPartitionListener(f func(PartitionEvent)) ConsumerOption {
+	return consumerOptionFunc(func(o *consumerOptions) { o.listener = f })
+}
+
 // MaxBatchSize bounds the batch size of a consumer.
 const MaxBatchSize = 10000
 
@@ -72,12 +119,19 @@ type Consumer struct {
 	maxProc   time.Duration
 	log       *slog.Logger
 	leaseKeys []string
+	groupKeys rebalance.Group
+	listener  func(PartitionEvent)
 
-	readMu sync.Mutex // one Read at a time
+	readMu     sync.Mutex // one Read at a time
+	listenerMu sync.Mutex // serializes listener calls
+	wake       chan struct{} // asks the background loop for a tick now
 
 	mu       sync.Mutex
 	parts    map[int]*ownedPartition
 	broken   map[int]bool  // partitions whose group vanished in Redis
+	gen      int64         // the latest generation seen, -1 before the first
+	assigned map[int]bool  // this member's partitions in generation gen
+	events   []PartitionEvent // for the listener, sent outside the lock
 	errs     []error       // partition errors for the next Read
 	changed  chan struct{} // closed and replaced when ownership changes
 	acked    chan struct{} // closed and replaced when messages are acked
@@ -98,6 +152,7 @@ type Consumer struct {
 // ownedPartition is the local state of a partition whose lease we hold.
 type ownedPartition struct {
 	epoch      int64
+	revoking   bool      // assigned elsewhere: fetch nothing, release once drained
 	validUntil time.Time // after it, deliver nothing before Redis confirms the lease
 	// cursor continues a claim of the pending list ("" when none); a claim
 	// runs after every grant and after every fetch whose reply may be lost.
@@ -177,15 +232,24 @@ func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, 
 		batch:   batchSize,
 		maxProc: maxProcessingTime,
 		log:     s.log.With("stream", stream, "group", group, "consumer", o.name),
-		parts:   make(map[int]*ownedPartition),
-		broken:  make(map[int]bool),
-		changed: make(chan struct{}),
+		parts:    make(map[int]*ownedPartition),
+		broken:   make(map[int]bool),
+		gen:      -1,
+		assigned: map[int]bool{},
+		listener: o.listener,
+		wake:     make(chan struct{}, 1),
+		changed:  make(chan struct{}),
 		acked:   make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 	c.leaseKeys = make([]string, st.Partitions())
 	for i := range c.leaseKeys {
 		c.leaseKeys[i] = s.keys.Lease(stream, i, group)
+	}
+	c.groupKeys = rebalance.Group{
+		Members:     s.keys.Members(stream, group),
+		Assignment:  s.keys.Assignment(stream, group),
+		Coordinator: s.keys.Coordinator(stream, group),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 
@@ -197,9 +261,12 @@ func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, 
 	s.consumers[c] = struct{}{}
 	s.mu.Unlock()
 
-	c.maintainLeases(ctx) // own what is free before the first Read
+	// Join: heartbeat, rebalance, learn the assignment, acquire what is
+	// free, so that a lone consumer owns its partitions before its first Read.
+	for i := 0; i < 3 && c.tick(ctx); i++ {
+	}
 	c.wg.Add(1)
-	go c.leaseLoop()
+	go c.loop()
 	c.log.Debug("consumer registered", "partitions", st.Partitions(), "owned", len(c.Assignment()))
 	return c, nil
 }
@@ -258,104 +325,252 @@ func (c *Consumer) Stats() Stats {
 	}
 }
 
-func (c *Consumer) leaseTTL() time.Duration { return c.seg.cfg.LeaseTTL }
+func (c *Consumer) session() time.Duration { return c.seg.cfg.SessionTimeout }
 
 // validity is how long after sending a successful grant or renewal the
-// consumer keeps delivering a partition on its own: the lease TTL less a
-// margin for clock rate differences and the request's own travel.
-func (c *Consumer) validity() time.Duration { return c.leaseTTL() - c.leaseTTL()/5 }
+// consumer keeps delivering a partition on its own: the lease TTL (the
+// session timeout) less a margin for clock rate differences and the
+// request's own travel.
+func (c *Consumer) validity() time.Duration { return c.session() - c.session()/5 }
 
-func (c *Consumer) leaseLoop() {
+// loop runs a tick every heartbeat interval, sooner while the consumer waits
+// for a partition to be handed over to it or hands one over itself.
+func (c *Consumer) loop() {
 	defer c.wg.Done()
-	t := time.NewTicker(c.seg.cfg.LeaseRenewInterval)
+	interval := c.seg.cfg.HeartbeatInterval
+	const firstRetry = 5 * time.Millisecond
+	retry := firstRetry
+	t := time.NewTimer(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-c.ctx.Done():
 			return
 		case <-t.C:
-			c.maintainLeases(c.ctx)
+		case <-c.wake:
+			if !t.Stop() {
+				select {
+				case <-t.C:
+				default:
+				}
+			}
 		}
+		next := interval
+		if c.tick(c.ctx) {
+			next, retry = min(retry, interval), min(2*retry, interval)
+		} else {
+			retry = firstRetry
+		}
+		t.Reset(next)
 	}
 }
 
-// wantedLocked reports whether the consumer should hold partition p. Every
-// consumer asks for every partition whose group exists; the lease decides
-// who holds it.
-func (c *Consumer) wantedLocked(p int) bool { return !c.broken[p] }
+func (c *Consumer) wakeLoop() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
 
-// maintainLeases renews the leases held and asks for the wanted ones that are
-// not, in two pipelined round trips.
-func (c *Consumer) maintainLeases(ctx context.Context) {
-	rdb := c.seg.rdb
+// tick heartbeats, renews the leases held and asks for the assigned
+// partitions not held, in one round trip; then applies a new assignment,
+// releases revoked partitions once drained, and rebalances the group when
+// the heartbeat says so. It reports whether another tick should follow
+// soon (a hand-over in progress).
+func (c *Consumer) tick(ctx context.Context) (urgent bool) {
+	defer c.flushEvents()
 	c.mu.Lock()
-	closing := c.closing // renew while shutting down, acquire nothing new
-	held := make([]rebalance.Held, 0, len(c.parts))
+	closing := c.closing
+	t := rebalance.Tick{
+		Group:     c.groupKeys,
+		Member:    c.id,
+		Session:   c.session(),
+		KnownGen:  c.gen,
+		Heartbeat: !closing, // a leaving member must not rejoin
+	}
 	heldParts := make([]int, 0, len(c.parts))
-	var askKeys []string
+	for p, op := range c.parts {
+		t.Renew = append(t.Renew, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
+		heldParts = append(heldParts, p)
+	}
 	var askParts []int
-	for p := range c.leaseKeys {
-		if op, ok := c.parts[p]; ok {
-			held = append(held, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
-			heldParts = append(heldParts, p)
-		} else if !closing && c.wantedLocked(p) {
-			askKeys = append(askKeys, c.leaseKeys[p])
-			askParts = append(askParts, p)
+	if !closing {
+		for p := range c.assigned {
+			if _, held := c.parts[p]; !held && !c.broken[p] {
+				t.Acquire = append(t.Acquire, c.leaseKeys[p])
+				askParts = append(askParts, p)
+			}
 		}
 	}
 	c.mu.Unlock()
 
-	if len(held) > 0 {
-		sent := time.Now()
-		res := rebalance.Renew(ctx, rdb, c.id, c.leaseTTL(), held)
-		c.mu.Lock()
-		for i, r := range res {
-			p := heldParts[i]
-			op, ok := c.parts[p]
-			if !ok || op.epoch != held[i].Epoch {
-				continue
-			}
-			switch {
-			case r.Err != nil:
-				if ctx.Err() == nil {
-					c.seg.reportError(&PartitionError{Stream: c.stream.name, Group: c.group, Partition: p, Err: fmt.Errorf("renew lease: %w", r.Err)})
-				}
-			case r.Fenced:
-				c.dropLocked(p, ErrFenced, true)
-			default:
-				op.validUntil = sent.Add(c.validity())
-			}
-		}
-		c.mu.Unlock()
+	sent := time.Now()
+	res := rebalance.RunTick(ctx, c.seg.rdb, t)
+	if ctx.Err() != nil {
+		return false
 	}
 
-	if len(askKeys) > 0 {
-		sent := time.Now()
-		grants := rebalance.Acquire(ctx, rdb, c.id, c.leaseTTL(), askKeys)
-		c.mu.Lock()
-		gained := false
-		for i, g := range grants {
-			p := askParts[i]
-			switch {
-			case g.Err != nil:
-				if ctx.Err() == nil {
-					c.seg.reportError(&PartitionError{Stream: c.stream.name, Group: c.group, Partition: p, Err: fmt.Errorf("acquire lease: %w", g.Err)})
-				}
-			case g.Granted && !c.closing:
-				c.parts[p] = &ownedPartition{
-					epoch:      g.Epoch,
-					validUntil: sent.Add(c.validity()),
-					cursor:     "0-0", // deliver the pending list first
-					inflight:   make(map[string]time.Time),
-				}
-				gained = true
-				c.log.Info("partition acquired", "partition", p, "epoch", g.Epoch)
+	c.mu.Lock()
+	for i, r := range res.Renewed {
+		p := heldParts[i]
+		op, ok := c.parts[p]
+		if !ok || op.epoch != t.Renew[i].Epoch {
+			continue
+		}
+		switch {
+		case r.Err != nil:
+			c.reportLocked(p, fmt.Errorf("renew lease: %w", r.Err))
+		case r.Fenced:
+			c.dropLocked(p, ErrFenced, true)
+		default:
+			op.validUntil = sent.Add(c.validity())
+		}
+	}
+	gained := false
+	for i, g := range res.Grants {
+		p := askParts[i]
+		switch {
+		case g.Err != nil:
+			c.reportLocked(p, fmt.Errorf("acquire lease: %w", g.Err))
+		case g.Granted:
+			c.parts[p] = &ownedPartition{
+				epoch:      g.Epoch,
+				validUntil: sent.Add(c.validity()),
+				cursor:     "0-0", // deliver the pending list first
+				inflight:   make(map[string]time.Time),
 			}
+			gained = true
+			c.events = append(c.events, PartitionEvent{Kind: PartitionAssigned, Partition: p, Epoch: g.Epoch})
+			c.log.Info("partition acquired", "partition", p, "epoch", g.Epoch)
 		}
-		if gained {
-			c.notifyLocked()
+	}
+	need := false
+	if t.Heartbeat {
+		b := res.Beat
+		switch {
+		case b.Err != nil:
+			c.reportLocked(-1, fmt.Errorf("heartbeat: %w", b.Err))
+		case b.Gen > c.gen || (c.gen < 0 && b.Gen == 0):
+			// Never act on a generation older than one already seen.
+			c.gen = b.Gen
+			c.assigned = make(map[int]bool, len(b.Partitions))
+			for _, p := range b.Partitions {
+				if p >= 0 && p < len(c.leaseKeys) {
+					c.assigned[p] = true
+				}
+			}
+			c.log.Debug("assignment", "generation", b.Gen, "partitions", b.Partitions)
+			urgent = true
 		}
-		c.mu.Unlock()
+		need = b.NeedRebalance && b.Err == nil
+	}
+	// Partitions no longer ours: stop fetching them, release once drained.
+	now := time.Now()
+	var release []rebalance.Held
+	var releaseParts []int
+	for p, op := range c.parts {
+		if closing || !c.assigned[p] {
+			op.revoking = true
+		}
+		if op.revoking && c.drainedLocked(op, now) {
+			release = append(release, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
+			releaseParts = append(releaseParts, p)
+		}
+		if op.revoking {
+			urgent = true
+		}
+	}
+	for p := range c.assigned {
+		if _, held := c.parts[p]; !held && !closing && !c.broken[p] {
+			urgent = true // waiting for the previous owner to hand it over
+		}
+	}
+	if gained {
+		c.notifyLocked()
+	}
+	c.mu.Unlock()
+
+	if len(release) > 0 {
+		c.releasePartitions(ctx, releaseParts, release)
+	}
+	if need && !closing {
+		gen, moved, err := rebalance.Rebalance(ctx, c.seg.rdb, c.groupKeys, c.id+":"+uuid.NewString(), c.stream.Partitions(), c.session())
+		switch {
+		case err == nil:
+			c.log.Info("group rebalanced", "generation", gen, "moved", moved)
+			urgent = true
+		case errors.Is(err, rebalance.ErrCoordinatorBusy), errors.Is(err, rebalance.ErrGenerationChanged):
+			urgent = true // another member is at it: learn the result soon
+		default:
+			c.mu.Lock()
+			c.reportLocked(-1, fmt.Errorf("rebalance: %w", err))
+			c.mu.Unlock()
+		}
+	}
+	return urgent
+}
+
+// drainedLocked reports whether a revoked partition can be released: none
+// of its delivered messages is waiting for an ack, except ones past
+// maxProcessingTime (due for redelivery to the next owner anyway), or its
+// lease is no longer ours by the local clock.
+func (c *Consumer) drainedLocked(op *ownedPartition, now time.Time) bool {
+	if !now.Before(op.validUntil) {
+		return true
+	}
+	for _, at := range op.inflight {
+		if now.Before(at.Add(c.maxProc)) {
+			return false
+		}
+	}
+	return true
+}
+
+// releasePartitions releases the leases of parts and forgets them.
+func (c *Consumer) releasePartitions(ctx context.Context, parts []int, held []rebalance.Held) {
+	res := rebalance.Release(ctx, c.seg.rdb, c.id, held)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, r := range res {
+		p := parts[i]
+		op, ok := c.parts[p]
+		if !ok || op.epoch != held[i].Epoch {
+			continue
+		}
+		if r.Err != nil {
+			c.reportLocked(p, fmt.Errorf("release lease: %w", r.Err))
+			continue // retried on the next tick; else it expires
+		}
+		delete(c.parts, p)
+		c.events = append(c.events, PartitionEvent{Kind: PartitionRevoked, Partition: p, Epoch: op.epoch})
+		c.log.Info("partition handed over", "partition", p, "epoch", op.epoch)
+	}
+	c.notifyLocked()
+}
+
+// reportLocked reports a background error (partition -1: the group's).
+func (c *Consumer) reportLocked(p int, err error) {
+	if p >= 0 {
+		err = &PartitionError{Stream: c.stream.name, Group: c.group, Partition: p, Err: err}
+	} else {
+		err = fmt.Errorf("segmenter: stream %q group %q consumer %q: %w", c.stream.name, c.group, c.id, err)
+	}
+	c.seg.reportError(err)
+}
+
+// flushEvents sends the queued partition events to the listener.
+func (c *Consumer) flushEvents() {
+	c.mu.Lock()
+	events := c.events
+	c.events = nil
+	c.mu.Unlock()
+	if c.listener == nil || len(events) == 0 {
+		return
+	}
+	c.listenerMu.Lock()
+	defer c.listenerMu.Unlock()
+	for _, e := range events {
+		c.listener(e)
 	}
 }
 
@@ -369,7 +584,8 @@ func (c *Consumer) dropLocked(p int, err error, queue bool) {
 	if errors.Is(err, ErrFenced) {
 		c.stats.fenced.Add(1)
 	}
-	c.log.Warn("partition dropped", "partition", p, "epoch", op.epoch, "err", err)
+	c.log.Warn("partition lost", "partition", p, "epoch", op.epoch, "err", err)
+	c.events = append(c.events, PartitionEvent{Kind: PartitionLost, Partition: p, Epoch: op.epoch, Err: err})
 	if queue {
 		c.errs = append(c.errs, &PartitionError{Stream: c.stream.name, Group: c.group, Partition: p, Err: err})
 	}
@@ -397,6 +613,7 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 	}
 	c.readMu.Lock()
 	defer c.readMu.Unlock()
+	defer c.flushEvents()
 	deadline := time.Now().Add(maxWait)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -445,7 +662,7 @@ func (c *Consumer) prepareFetch() ([]rebalance.FetchRequest, []int, error) {
 	now := time.Now()
 	ready := make([]int, 0, len(c.parts))
 	for p, op := range c.parts {
-		if now.Before(op.validUntil) {
+		if now.Before(op.validUntil) && !op.revoking {
 			ready = append(ready, p)
 		}
 	}
@@ -608,16 +825,8 @@ func (c *Consumer) wait(ctx context.Context, d time.Duration, tops map[int]strin
 // nextDueLocked returns when the oldest delivered, unacked message comes due
 // for redelivery.
 func (c *Consumer) nextDueLocked() (time.Time, bool) {
-	return c.nextDueOfLocked(func(*ownedPartition) bool { return true })
-}
-
-// nextDueOfLocked is nextDueLocked over the partitions that pass keep.
-func (c *Consumer) nextDueOfLocked(keep func(*ownedPartition) bool) (time.Time, bool) {
 	var oldest time.Time
 	for _, op := range c.parts {
-		if !keep(op) {
-			continue
-		}
 		for _, at := range op.inflight {
 			if oldest.IsZero() || at.Before(oldest) {
 				oldest = at
@@ -674,6 +883,7 @@ func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 	}
 	res := rebalance.Ack(ctx, c.seg.rdb, c.id, c.group, reqs)
 
+	defer c.flushEvents()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var errs []error
@@ -693,6 +903,9 @@ func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 				for _, id := range groups[k] {
 					delete(op.inflight, id)
 				}
+				if op.revoking {
+					c.wakeLoop() // it may be drained: hand it over now
+				}
 			}
 		}
 	}
@@ -702,11 +915,12 @@ func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 }
 
 // Shutdown stops the consumer and hands its partitions over: it stops
-// fetching, waits (bounded by ctx and by each message's maxProcessingTime)
-// for the messages it delivered to be acked, then releases its leases so
-// another consumer of the group takes the partitions at once. Unacked
-// messages are delivered to the next owner. Shutdown is idempotent and safe
-// to call concurrently; every call waits for the first to finish.
+// fetching, leaves the group (whose partitions are assigned to the remaining
+// members at once), and releases each partition's lease as soon as the
+// messages it delivered from it are acked or pass maxProcessingTime (bounded
+// by ctx), so the next owner takes it without waiting for a session timeout.
+// Unacked messages are delivered to the next owner. Shutdown is idempotent
+// and safe to call concurrently; every call waits for the first to finish.
 func (c *Consumer) Shutdown(ctx context.Context) error {
 	c.shutdownOnce.Do(func() {
 		defer close(c.done)
@@ -714,7 +928,7 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 		c.closing = true
 		c.notifyLocked()
 		c.mu.Unlock()
-		c.shutdownErr = c.drainAndRelease(ctx)
+		c.shutdownErr = c.leave(ctx)
 		c.seg.mu.Lock()
 		delete(c.seg.consumers, c)
 		c.seg.mu.Unlock()
@@ -727,53 +941,66 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 	}
 }
 
-// drainAndRelease waits for in-flight messages while the background loop
-// keeps renewing, then stops the loop and releases every lease.
-func (c *Consumer) drainAndRelease(ctx context.Context) error {
-	for {
-		// Wait only for partitions whose lease is still ours by the local
-		// clock: past that, the messages may already be another's.
-		now := time.Now()
-		c.mu.Lock()
-		due, pending := c.nextDueOfLocked(func(op *ownedPartition) bool { return now.Before(op.validUntil) })
-		acked := c.acked
-		c.mu.Unlock()
-		if !pending || !now.Before(due) {
-			break
-		}
-		t := time.NewTimer(time.Until(due))
-		select {
-		case <-ctx.Done():
-		case <-acked:
-		case <-t.C:
-		}
-		t.Stop()
-		if ctx.Err() != nil {
-			break
+// leave takes the consumer out of its group and hands its partitions over.
+func (c *Consumer) leave(ctx context.Context) error {
+	var errs []error
+	if err := rebalance.Leave(ctx, c.seg.rdb, c.groupKeys, c.id); err != nil {
+		errs = append(errs, fmt.Errorf("segmenter: leave group: %w", err))
+	} else {
+		_, _, err := rebalance.Rebalance(ctx, c.seg.rdb, c.groupKeys, c.id+":"+uuid.NewString(), c.stream.Partitions(), c.session())
+		if err != nil && !errors.Is(err, rebalance.ErrCoordinatorBusy) && !errors.Is(err, rebalance.ErrGenerationChanged) {
+			// The others rebalance on their next heartbeat anyway.
+			c.log.Warn("rebalance on leave", "err", err)
 		}
 	}
-	c.cancel() // no renewal may race with the release
+	// The background loop, still renewing, releases each partition once
+	// drained.
+	c.wakeLoop()
+	for {
+		// Wait only for partitions whose lease is ours by the local clock:
+		// the others are another's by now, or will be when they expire.
+		now := time.Now()
+		c.mu.Lock()
+		n, changed := 0, c.changed
+		for _, op := range c.parts {
+			if now.Before(op.validUntil) {
+				n++
+			}
+		}
+		c.mu.Unlock()
+		if n == 0 || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-changed:
+		}
+	}
+	c.cancel() // no renewal may race with the release below
 	c.wg.Wait()
 	c.mu.Lock()
 	held := make([]rebalance.Held, 0, len(c.parts))
+	parts := make([]int, 0, len(c.parts))
 	for p, op := range c.parts {
 		held = append(held, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
+		parts = append(parts, p)
 	}
-	c.parts = make(map[int]*ownedPartition)
 	c.mu.Unlock()
-	if len(held) == 0 {
-		return nil
-	}
-	// Release even when ctx is done: otherwise the partitions wait a lease TTL.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer cancel()
-	var errs []error
-	for _, r := range rebalance.Release(rctx, c.seg.rdb, c.id, held) {
-		if r.Err != nil {
-			errs = append(errs, fmt.Errorf("segmenter: release lease: %w", r.Err))
+	if len(held) > 0 {
+		// Release even when ctx is done: otherwise the partitions wait a
+		// session timeout.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		c.releasePartitions(rctx, parts, held)
+		cancel()
+		c.mu.Lock()
+		if len(c.parts) > 0 {
+			c.log.Warn("leases not released: they expire after the session timeout", "count", len(c.parts))
+			c.parts = make(map[int]*ownedPartition)
 		}
+		c.mu.Unlock()
 	}
-	c.log.Info("consumer shut down", "released", len(held))
+	c.flushEvents()
+	c.log.Info("consumer shut down")
 	return errors.Join(errs...)
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -192,18 +193,22 @@ func TestCrashedConsumerIsTakenOverPendingFirst(t *testing.T) {
 	redistest.Eventually(t, 10*time.Second, func() bool { return len(b.Assignment()) == 4 }, "B never took over A's partitions")
 	got := drain(t, b, rec, 200, time.Minute)
 
-	pendingOfA := map[string]bool{}
+	type pid struct {
+		p  uint32
+		id string
+	}
+	pendingOfA := map[pid]bool{} // stream IDs repeat across partitions
 	for _, m := range inFlight {
-		pendingOfA[m.Id] = true
+		pendingOfA[pid{m.Partition, m.Id}] = true
 	}
 	seenNew := map[uint32]bool{}
 	for _, m := range got {
-		if pendingOfA[m.Id] {
+		if pendingOfA[pid{m.Partition, m.Id}] {
 			if seenNew[m.Partition] {
 				t.Fatalf("partition %d: A's pending %s came after newer messages", m.Partition, m.Id)
 			}
 			if m.DeliveryCount != 2 {
-				t.Fatalf("A's pending %s has delivery count %d, want 2", m.Id, m.DeliveryCount)
+				t.Fatalf("A's pending %s has delivery count %d, want 2 (epoch %d, partition %d)", m.Id, m.DeliveryCount, m.Epoch, m.Partition)
 			}
 			continue
 		}
@@ -315,19 +320,44 @@ func TestShutdownHandsPartitionsOver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute)
+	if len(a.Assignment()) != 4 {
+		t.Fatalf("a lone consumer holds %v after RegisterConsumer", a.Assignment())
+	}
+	var keys []string
+	for p := 0; p < 4; p++ {
+		keys = append(keys, keyFor(t, st, p, 0))
+	}
+	for _, k := range keys {
+		send(t, st, rec, msg(k, "1"))
+	}
+	inFlight := drainNoAck(t, a, rec, 4)
+
+	var events []segmenter.PartitionEvent
+	var mu sync.Mutex
+	b, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithPartitionListener(func(e segmenter.PartitionEvent) {
+		mu.Lock()
+		events = append(events, e)
+		mu.Unlock()
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(a.Assignment()) != 4 || len(b.Assignment()) != 0 {
-		t.Fatalf("A holds %v, B %v", a.Assignment(), b.Assignment())
+	// B joined: half the partitions move, each once A acked what it delivered.
+	if err := ack(t, a, rec, inFlight...); err != nil {
+		t.Fatal(err)
 	}
-	send(t, st, rec, msg("x", "1"), msg("y", "2"))
-	inFlight := drainNoAck(t, a, rec, 2)
+	redistest.Eventually(t, 5*time.Second, func() bool {
+		return len(a.Assignment()) == 2 && len(b.Assignment()) == 2
+	}, "the partitions were not shared: A %v, B %v", a.Assignment(), b.Assignment())
+
+	for _, k := range keys {
+		send(t, st, rec, msg(k, "2"))
+	}
+	fromA := drainNoAck(t, a, rec, 2)
 	done := make(chan error, 1)
 	go func() { done <- a.Shutdown(ctx) }()
-	// Shutdown waits for the delivered messages to be acked.
-	if err := ack(t, a, rec, inFlight...); err != nil {
+	// Shutdown waits for what A delivered to be acked, then hands over.
+	if err := ack(t, a, rec, fromA...); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-done; err != nil {
@@ -337,8 +367,10 @@ func TestShutdownHandsPartitionsOver(t *testing.T) {
 		t.Fatalf("second Shutdown: %v", err)
 	}
 	redistest.Eventually(t, 5*time.Second, func() bool { return len(b.Assignment()) == 4 }, "B never got A's partitions")
-	send(t, st, rec, msg("x", "3"))
-	drain(t, b, rec, 1, 10*time.Second)
+	for _, k := range keys {
+		send(t, st, rec, msg(k, "3"))
+	}
+	drain(t, b, rec, 6, 10*time.Second)
 	if _, err := a.Read(ctx, 0); !errors.Is(err, segmenter.ErrClosed) {
 		t.Fatalf("Read after Shutdown: %v", err)
 	}
@@ -346,6 +378,18 @@ func TestShutdownHandsPartitionsOver(t *testing.T) {
 		t.Fatalf("Ack after Shutdown: %v", err)
 	}
 	checkLog(t, rec, invariant.Options{MaxProcessingTime: time.Minute, RequireAllAcked: true})
+	mu.Lock()
+	defer mu.Unlock()
+	assigned := 0
+	for _, e := range events {
+		if e.Kind != segmenter.PartitionAssigned || e.Epoch <= 0 {
+			t.Fatalf("B's listener got %+v", e)
+		}
+		assigned++
+	}
+	if assigned != 4 {
+		t.Fatalf("B's listener heard of %d partitions assigned, want 4: %+v", assigned, events)
+	}
 }
 
 func TestPoisonEntryIsDeliveredInOrderNotPanicked(t *testing.T) {

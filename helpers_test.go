@@ -18,7 +18,7 @@ import (
 
 // Fast timings: a lost lease moves in ~300ms.
 const (
-	testLeaseTTL = 300 * time.Millisecond
+	testSession = 300 * time.Millisecond
 	testBlock    = 50 * time.Millisecond
 )
 
@@ -32,7 +32,7 @@ func newSegmenter(t *testing.T, ns string, rdb redis.UniversalClient) *segmenter
 	seg, err := segmenter.NewSegmenter(&segmenter.Config{
 		Namespace:     ns,
 		Client:        rdb,
-		LeaseTTL:      testLeaseTTL,
+		SessionTimeout:      testSession,
 		BlockInterval: testBlock,
 	})
 	if err != nil {
@@ -132,22 +132,47 @@ func read(t *testing.T, c *segmenter.Consumer, rec *invariant.Recorder, maxWait 
 	return msgs, err
 }
 
-// ack calls Ack and records its outcome.
+// ack calls Ack and records each partition's outcome: one Ack call may be
+// fenced for one partition and succeed for the others.
 func ack(t *testing.T, c *segmenter.Consumer, rec *invariant.Recorder, msgs ...*contracts.CMessage) error {
 	t.Helper()
 	start := time.Now()
 	err := c.Ack(context.Background(), msgs...)
 	if rec != nil && len(msgs) > 0 {
-		outcome := invariant.AckOK
-		switch {
-		case errors.Is(err, segmenter.ErrFenced):
-			outcome = invariant.AckFenced
-		case err != nil:
-			outcome = invariant.AckError
+		end := time.Now()
+		byPartition := map[uint32][]*contracts.CMessage{}
+		for _, m := range msgs {
+			byPartition[m.Partition] = append(byPartition[m.Partition], m)
 		}
-		rec.Acked(c.ID(), msgs, outcome, start, time.Now())
+		for p, ms := range byPartition {
+			rec.Acked(c.ID(), ms, ackOutcome(err, int(p)), start, end)
+		}
 	}
 	return err
+}
+
+// ackOutcome finds partition p's outcome in the error returned by Ack.
+func ackOutcome(err error, p int) invariant.AckOutcome {
+	if err == nil {
+		return invariant.AckOK
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, e := range errs {
+		var pe *segmenter.PartitionError
+		if !errors.As(e, &pe) {
+			return invariant.AckError // not about one partition: unknown
+		}
+		if pe.Partition == p {
+			if errors.Is(pe, segmenter.ErrFenced) {
+				return invariant.AckFenced
+			}
+			return invariant.AckError
+		}
+	}
+	return invariant.AckOK
 }
 
 // drain reads and acks until want messages were acked in total or the

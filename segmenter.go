@@ -39,28 +39,32 @@ type Config struct {
 	// consumer, partition and epoch. Default: discard.
 	Logger *slog.Logger
 
-	// LeaseTTL is how long a consumer's lease on a partition lasts without
-	// renewal: a consumer that stops renewing (crashed, paused, cut off)
-	// loses its partitions this long after its last renewal. Default 10s.
-	LeaseTTL time.Duration
+	// SessionTimeout is how long a consumer stays a member of its group, and
+	// holds its partitions' leases, without a heartbeat: a consumer that
+	// stops (crashed, paused, cut off) loses its partitions this long after
+	// its last heartbeat. Default 10s.
+	SessionTimeout time.Duration
 
-	// LeaseRenewInterval is how often a consumer renews its leases and asks
-	// for the partitions it lacks. Default LeaseTTL/3. Must be below LeaseTTL.
-	LeaseRenewInterval time.Duration
+	// HeartbeatInterval is how often a consumer heartbeats, renews its
+	// leases and learns of a new assignment. Default 1s. Must be below
+	// SessionTimeout (a third of it or less is wise).
+	HeartbeatInterval time.Duration
 
 	// BlockInterval bounds one blocking wait of Consumer.Read for new
 	// messages in Redis; a cancelled context is noticed within it. Default
 	// 500ms.
 	BlockInterval time.Duration
 
-	// OnError, when set, receives the errors of background work (lease
-	// renewal and acquisition). They are logged either way.
+	// OnError, when set, receives the errors of background work
+	// (heartbeats, lease renewal and acquisition, rebalancing). They are
+	// logged either way. It must not block.
 	OnError func(error)
 }
 
 const (
-	defaultLeaseTTL      = 10 * time.Second
-	defaultBlockInterval = 500 * time.Millisecond
+	defaultSessionTimeout    = 10 * time.Second
+	defaultHeartbeatInterval = time.Second
+	defaultBlockInterval     = 500 * time.Millisecond
 )
 
 func (c *Config) withDefaults() Config {
@@ -71,11 +75,11 @@ func (c *Config) withDefaults() Config {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.LeaseTTL == 0 {
-		cfg.LeaseTTL = defaultLeaseTTL
+	if cfg.SessionTimeout == 0 {
+		cfg.SessionTimeout = defaultSessionTimeout
 	}
-	if cfg.LeaseRenewInterval == 0 {
-		cfg.LeaseRenewInterval = cfg.LeaseTTL / 3
+	if cfg.HeartbeatInterval == 0 {
+		cfg.HeartbeatInterval = min(defaultHeartbeatInterval, cfg.SessionTimeout/3)
 	}
 	if cfg.BlockInterval == 0 {
 		cfg.BlockInterval = defaultBlockInterval
@@ -91,11 +95,11 @@ func (c *Config) validate() error {
 	if c.Client == nil && c.RedisURL == "" {
 		errs = append(errs, invalid("no Redis: set Config.Client or Config.RedisURL (or the REDIS_URL environment variable)"))
 	}
-	if c.LeaseTTL < 10*time.Millisecond {
-		errs = append(errs, invalid("LeaseTTL %v is below 10ms", c.LeaseTTL))
+	if c.SessionTimeout < 10*time.Millisecond {
+		errs = append(errs, invalid("SessionTimeout %v is below 10ms", c.SessionTimeout))
 	}
-	if c.LeaseRenewInterval <= 0 || c.LeaseRenewInterval >= c.LeaseTTL {
-		errs = append(errs, invalid("LeaseRenewInterval %v must be above 0 and below LeaseTTL %v", c.LeaseRenewInterval, c.LeaseTTL))
+	if c.HeartbeatInterval <= 0 || c.HeartbeatInterval >= c.SessionTimeout {
+		errs = append(errs, invalid("HeartbeatInterval %v must be above 0 and below SessionTimeout %v", c.HeartbeatInterval, c.SessionTimeout))
 	}
 	if c.BlockInterval < time.Millisecond {
 		errs = append(errs, invalid("BlockInterval %v is below 1ms", c.BlockInterval))

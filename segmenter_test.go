@@ -43,8 +43,8 @@ func TestNewSegmenterRejectsBadConfig(t *testing.T) {
 		{"namespace with a colon", &segmenter.Config{Namespace: "a:b", Client: rdb}, []string{`character ':'`}},
 		{"namespace with a brace", &segmenter.Config{Namespace: "a{b", Client: rdb}, []string{`character '{'`}},
 		{"namespace too long", &segmenter.Config{Namespace: long, Client: rdb}, []string{"maximum is 128"}},
-		{"renew not below ttl", &segmenter.Config{Namespace: "ns", Client: rdb, LeaseTTL: time.Second, LeaseRenewInterval: time.Second}, []string{"LeaseRenewInterval"}},
-		{"tiny ttl and bad block", &segmenter.Config{Namespace: "ns", Client: rdb, LeaseTTL: time.Millisecond, BlockInterval: -1}, []string{"LeaseTTL", "BlockInterval"}},
+		{"heartbeat not below session", &segmenter.Config{Namespace: "ns", Client: rdb, SessionTimeout: time.Second, HeartbeatInterval: time.Second}, []string{"HeartbeatInterval"}},
+		{"tiny ttl and bad block", &segmenter.Config{Namespace: "ns", Client: rdb, SessionTimeout: time.Millisecond, BlockInterval: -1}, []string{"SessionTimeout", "BlockInterval"}},
 		{"bad url", &segmenter.Config{Namespace: "ns", RedisURL: "http://nope"}, []string{"RedisURL"}},
 	}
 	for _, tc := range cases {
@@ -293,7 +293,7 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.Server(t)
 	// The client is built from the URL, so Close must close it too.
-	seg, err := segmenter.NewSegmenter(&segmenter.Config{Namespace: redistest.Namespace(t), RedisURL: srv.URL, LeaseTTL: testLeaseTTL, BlockInterval: testBlock})
+	seg, err := segmenter.NewSegmenter(&segmenter.Config{Namespace: redistest.Namespace(t), RedisURL: srv.URL, SessionTimeout: testSession, BlockInterval: testBlock})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,6 +34,12 @@ var (
 	releaseScript = load("release")
 	fetchScript   = load("fetch")
 	ackScript     = load("ack")
+
+	heartbeatScript = load("heartbeat")
+	snapshotScript  = load("snapshot")
+	commitScript    = load("commit")
+	leaveScript     = load("leave")
+	unlockScript    = load("unlock")
 )
 
 // call is one script invocation queued into a batch.

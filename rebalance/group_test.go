@@ -1,0 +1,136 @@
+package rebalance_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmenter/segmenter/internal/redistest"
+	"github.com/segmenter/segmenter/rebalance"
+)
+
+func newGroup(t *testing.T) (context.Context, *redis.Client, rebalance.Group) {
+	ns := redistest.Namespace(t)
+	return context.Background(), redistest.Client(t), rebalance.Group{
+		Members:     "test:{" + ns + "}:members",
+		Assignment:  "test:{" + ns + "}:assign",
+		Coordinator: "test:{" + ns + "}:coord",
+	}
+}
+
+func beat(t *testing.T, ctx context.Context, rdb *redis.Client, g rebalance.Group, member string, session time.Duration, known int64) rebalance.Beat {
+	t.Helper()
+	b := rebalance.RunTick(ctx, rdb, rebalance.Tick{Group: g, Member: member, Session: session, KnownGen: known, Heartbeat: true}).Beat
+	if b.Err != nil {
+		t.Fatal(b.Err)
+	}
+	return b
+}
+
+func TestHeartbeatCarriesGenerationAndShare(t *testing.T) {
+	ctx, rdb, g := newGroup(t)
+	b := beat(t, ctx, rdb, g, "a", time.Minute, -1)
+	if !b.NeedRebalance || b.InAssignment || b.Gen != 0 {
+		t.Fatalf("a new member's first heartbeat: %+v", b)
+	}
+	gen, moved, err := rebalance.Rebalance(ctx, rdb, g, "tok", 4, time.Second)
+	if err != nil || gen != 1 || moved != 0 {
+		t.Fatalf("first rebalance: gen %d moved %d err %v", gen, moved, err)
+	}
+	b = beat(t, ctx, rdb, g, "a", time.Minute, 0)
+	if b.NeedRebalance || !b.InAssignment || b.Gen != 1 || !slices.Equal(b.Partitions, []int{0, 1, 2, 3}) {
+		t.Fatalf("after the rebalance: %+v", b)
+	}
+	// Same generation: the share is not sent again.
+	b = beat(t, ctx, rdb, g, "a", time.Minute, 1)
+	if b.Partitions == nil || len(b.Partitions) != 0 || b.Gen != 1 {
+		t.Fatalf("heartbeat at the known generation: %+v", b)
+	}
+	// A second member joins: a rebalance moves the fewest partitions.
+	if b := beat(t, ctx, rdb, g, "b", time.Minute, -1); !b.NeedRebalance {
+		t.Fatalf("join did not ask for a rebalance: %+v", b)
+	}
+	gen, moved, err = rebalance.Rebalance(ctx, rdb, g, "tok", 4, time.Second)
+	if err != nil || gen != 2 || moved != 2 {
+		t.Fatalf("rebalance after a join: gen %d moved %d err %v", gen, moved, err)
+	}
+	a, bb := beat(t, ctx, rdb, g, "a", time.Minute, 1), beat(t, ctx, rdb, g, "b", time.Minute, -1)
+	if len(a.Partitions) != 2 || len(bb.Partitions) != 2 || slices.ContainsFunc(a.Partitions, func(p int) bool { return slices.Contains(bb.Partitions, p) }) {
+		t.Fatalf("shares %v and %v", a.Partitions, bb.Partitions)
+	}
+	// A member leaves: the others are told to rebalance.
+	if err := rebalance.Leave(ctx, rdb, g, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if b := beat(t, ctx, rdb, g, "a", time.Minute, 2); !b.NeedRebalance {
+		t.Fatalf("leave did not ask for a rebalance: %+v", b)
+	}
+	if _, _, err := rebalance.Rebalance(ctx, rdb, g, "tok", 4, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if b := beat(t, ctx, rdb, g, "a", time.Minute, 2); b.NeedRebalance || len(b.Partitions) != 4 {
+		t.Fatalf("after the leave: %+v", b)
+	}
+}
+
+func TestExpiredMemberIsEvictedAndItsShareMoves(t *testing.T) {
+	ctx, rdb, g := newGroup(t)
+	beat(t, ctx, rdb, g, "a", time.Minute, -1)
+	beat(t, ctx, rdb, g, "dying", 50*time.Millisecond, -1)
+	if _, _, err := rebalance.Rebalance(ctx, rdb, g, "tok", 6, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 5*time.Second, func() bool {
+		return beat(t, ctx, rdb, g, "a", time.Minute, 1).NeedRebalance
+	}, "the expired member was never noticed")
+	if _, _, err := rebalance.Rebalance(ctx, rdb, g, "tok", 6, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := rebalance.ReadSnapshot(ctx, rdb, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(snap.Live, []string{"a"}) || len(snap.Assignment["a"]) != 6 || len(snap.Assignment) != 1 {
+		t.Fatalf("snapshot after eviction: %+v", snap)
+	}
+	if n, _ := rdb.ZCard(ctx, g.Members).Result(); n != 1 {
+		t.Fatalf("%d members left in the set, want 1", n)
+	}
+}
+
+func TestRebalanceIsFencedByLockAndGeneration(t *testing.T) {
+	ctx, rdb, g := newGroup(t)
+	beat(t, ctx, rdb, g, "a", time.Minute, -1)
+	if err := rdb.Set(ctx, g.Coordinator, "someone", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := rebalance.Rebalance(ctx, rdb, g, "tok", 4, time.Second); !errors.Is(err, rebalance.ErrCoordinatorBusy) {
+		t.Fatalf("rebalance under another's lock: %v", err)
+	}
+	if v, _ := rdb.Get(ctx, g.Coordinator).Result(); v != "someone" {
+		t.Fatalf("the other's lock was touched: %q", v)
+	}
+	rdb.Del(ctx, g.Coordinator)
+	if _, _, err := rebalance.Rebalance(ctx, rdb, g, "tok", 4, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := rdb.Exists(ctx, g.Coordinator).Result(); n != 0 {
+		t.Fatal("the lock was not released after the rebalance")
+	}
+	// A commit computed from a stale generation writes nothing.
+	gen, err := rebalance.Commit(ctx, rdb, g, 0, rebalance.Assignment{"intruder": {0, 1, 2, 3}})
+	if !errors.Is(err, rebalance.ErrGenerationChanged) || gen != 1 {
+		t.Fatalf("stale commit: gen %d err %v", gen, err)
+	}
+	snap, err := rebalance.ReadSnapshot(ctx, rdb, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Gen != 1 || len(snap.Assignment["a"]) != 4 || len(snap.Assignment) != 1 {
+		t.Fatalf("a stale commit changed the assignment: %+v", snap)
+	}
+}

@@ -1,0 +1,19 @@
+-- commit: replace the assignment if its generation is still ARGV[1].
+-- KEYS[1] members, KEYS[2] assignment; ARGV[2..]: member, "p,p,..." pairs.
+-- Expired members that get nothing are evicted in the same step; an expired
+-- member that got partitions stays, so the next heartbeat asks again.
+-- Reply: {1, new_gen} | {0, current_gen}.
+local gen = redis.call('HGET', KEYS[2], 'gen') or '0'
+if gen ~= ARGV[1] then return {0, gen} end
+local assigned = {}
+for i = 2, #ARGV, 2 do assigned[ARGV[i]] = true end
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms())) do
+  if not assigned[m] then redis.call('ZREM', KEYS[1], m) end
+end
+for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if string.sub(f, 1, 2) == 'm:' then redis.call('HDEL', KEYS[2], f) end
+end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], 'm:' .. ARGV[i], ARGV[i + 1]) end
+local next = fmt(tonumber(gen) + 1)
+redis.call('HSET', KEYS[2], 'gen', next, 'dirty', '0')
+return {1, next}

@@ -1,0 +1,5 @@
+-- leave: KEYS[1] members, KEYS[2] assignment; ARGV[1] member. The member
+-- leaves the group and marks the assignment for a rebalance.
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'dirty', '1')
+return 1

@@ -1,0 +1,3 @@
+-- unlock: delete the lock KEYS[1] if it still holds the token ARGV[1].
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
