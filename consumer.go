@@ -122,19 +122,19 @@ type Consumer struct {
 	groupKeys rebalance.Group
 	listener  func(PartitionEvent)
 
-	readMu     sync.Mutex // one Read at a time
-	listenerMu sync.Mutex // serializes listener calls
+	readMu     sync.Mutex    // one Read at a time
+	listenerMu sync.Mutex    // serializes listener calls
 	wake       chan struct{} // asks the background loop for a tick now
 
 	mu       sync.Mutex
 	parts    map[int]*ownedPartition
-	broken   map[int]bool  // partitions whose group vanished in Redis
-	gen      int64         // the latest generation seen, -1 before the first
-	assigned map[int]bool  // this member's partitions in generation gen
+	broken   map[int]bool     // partitions whose group vanished in Redis
+	gen      int64            // the latest generation seen, -1 before the first
+	assigned map[int]bool     // this member's partitions in generation gen
 	events   []PartitionEvent // for the listener, sent outside the lock
-	errs     []error       // partition errors for the next Read
-	changed  chan struct{} // closed and replaced when ownership changes
-	acked    chan struct{} // closed and replaced when messages are acked
+	errs     []error          // partition errors for the next Read
+	changed  chan struct{}    // closed and replaced when ownership changes
+	acked    chan struct{}    // closed and replaced when messages are acked
 	rotate   int
 	closing  bool
 	fetchSeq uint64
@@ -225,13 +225,13 @@ func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, 
 	}
 
 	c := &Consumer{
-		seg:     s,
-		stream:  st,
-		group:   group,
-		id:      o.name,
-		batch:   batchSize,
-		maxProc: maxProcessingTime,
-		log:     s.log.With("stream", stream, "group", group, "consumer", o.name),
+		seg:      s,
+		stream:   st,
+		group:    group,
+		id:       o.name,
+		batch:    batchSize,
+		maxProc:  maxProcessingTime,
+		log:      s.log.With("stream", stream, "group", group, "consumer", o.name),
 		parts:    make(map[int]*ownedPartition),
 		broken:   make(map[int]bool),
 		gen:      -1,
@@ -239,8 +239,8 @@ func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, 
 		listener: o.listener,
 		wake:     make(chan struct{}, 1),
 		changed:  make(chan struct{}),
-		acked:   make(chan struct{}),
-		done:    make(chan struct{}),
+		acked:    make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	c.leaseKeys = make([]string, st.Partitions())
 	for i := range c.leaseKeys {

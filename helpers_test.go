@@ -19,7 +19,7 @@ import (
 // Fast timings: a lost lease moves in ~300ms.
 const (
 	testSession = 300 * time.Millisecond
-	testBlock    = 50 * time.Millisecond
+	testBlock   = 50 * time.Millisecond
 )
 
 // newSegmenter returns a Segmenter on the test server in namespace ns, using
@@ -30,10 +30,10 @@ func newSegmenter(t *testing.T, ns string, rdb redis.UniversalClient) *segmenter
 		rdb = redistest.Client(t)
 	}
 	seg, err := segmenter.NewSegmenter(&segmenter.Config{
-		Namespace:     ns,
-		Client:        rdb,
-		SessionTimeout:      testSession,
-		BlockInterval: testBlock,
+		Namespace:      ns,
+		Client:         rdb,
+		SessionTimeout: testSession,
+		BlockInterval:  testBlock,
 	})
 	if err != nil {
 		t.Fatal(err)
