@@ -134,7 +134,6 @@ type Consumer struct {
 	events   []PartitionEvent // for the listener, sent outside the lock
 	errs     []error          // partition errors for the next Read
 	changed  chan struct{}    // closed and replaced when ownership changes
-	acked    chan struct{}    // closed and replaced when messages are acked
 	rotate   int
 	closing  bool
 	fetchSeq uint64
@@ -239,7 +238,6 @@ func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, 
 		listener: o.listener,
 		wake:     make(chan struct{}, 1),
 		changed:  make(chan struct{}),
-		acked:    make(chan struct{}),
 		done:     make(chan struct{}),
 	}
 	c.leaseKeys = make([]string, st.Partitions())
@@ -909,8 +907,6 @@ func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 			}
 		}
 	}
-	close(c.acked)
-	c.acked = make(chan struct{})
 	return errors.Join(errs...)
 }
 
@@ -1004,7 +1000,7 @@ func (c *Consumer) leave(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// releaseLocked releases one lease in the background of a failing partition.
+// releaseLocked releases the lease of a failing partition (held lock: rare).
 func (c *Consumer) releaseLocked(p int, op *ownedPartition) {
 	held := []rebalance.Held{{Key: c.leaseKeys[p], Epoch: op.epoch}}
 	ctx, cancel := context.WithTimeout(c.ctx, 2*time.Second)
