@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/segmenter/segmenter/contracts"
+	"github.com/segmenter/segmenter/partition"
 	"github.com/segmenter/segmenter/rebalance"
 )
 
@@ -215,10 +216,16 @@ func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, 
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	st, err := s.GetStream(ctx, stream)
+	meta, err := s.lookupStream(ctx, stream)
 	if err != nil {
 		return nil, err
 	}
+	// A consumer never hashes keys: any partitioner will do.
+	p, err := partition.ByName(meta.partitioner)
+	if err != nil {
+		p = unknownPartitioner{meta.partitioner}
+	}
+	st := newStream(s, stream, meta, p)
 	if err := s.createGroup(ctx, st, group, o.start); err != nil {
 		return nil, err
 	}
@@ -287,6 +294,16 @@ func (s *Segmenter) createGroup(ctx context.Context, st *Stream, group string, s
 		}
 	}
 	return nil
+}
+
+// unknownPartitioner stands for a custom partitioner a consumer's process
+// does not have; consumers never hash keys.
+type unknownPartitioner struct{ name string }
+
+func (u unknownPartitioner) Name() string { return u.name }
+
+func (u unknownPartitioner) Partition([]byte, int) int {
+	panic("segmenter: stream uses partitioner " + u.name + ": get it with GetStream and WithPartitioner")
 }
 
 // ID returns the consumer's name, unique in its group.
@@ -617,7 +634,7 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		reqs, parts, err := c.prepareFetch()
+		reqs, parts, err := c.prepareFetch(c.batch, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -625,6 +642,11 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 		if len(reqs) > 0 {
 			res := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, reqs)
 			msgs, t, err := c.applyFetch(parts, reqs, res)
+			if err == nil && len(msgs) > 0 && len(msgs) < c.batch {
+				// Partitions that filled their share may hold more: one
+				// more round among them fills the batch.
+				msgs = c.fillBatch(ctx, msgs, parts, reqs, res)
+			}
 			if len(msgs) > 0 {
 				return msgs, nil // an error of another partition waits for the next Read
 			}
@@ -643,10 +665,31 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 	}
 }
 
+// fillBatch runs a second fetch round among the partitions whose first
+// round returned a full share.
+func (c *Consumer) fillBatch(ctx context.Context, msgs []*contracts.CMessage, parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult) []*contracts.CMessage {
+	full := make(map[int]bool)
+	for i, r := range res {
+		if r.Err == nil && !r.Fenced && len(r.Entries) == reqs[i].Count {
+			full[parts[i]] = true
+		}
+	}
+	if len(full) == 0 {
+		return msgs
+	}
+	reqs2, parts2, err := c.prepareFetch(c.batch-len(msgs), full)
+	if err != nil || len(reqs2) == 0 {
+		return msgs
+	}
+	res2 := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, reqs2)
+	more, _, _ := c.applyFetch(parts2, reqs2, res2) // an error is kept for the next Read
+	return append(msgs, more...)
+}
+
 // prepareFetch returns a fetch request for each partition the consumer may
-// deliver now, sharing the batch size among them; or the first queued
-// partition error.
-func (c *Consumer) prepareFetch() ([]rebalance.FetchRequest, []int, error) {
+// deliver now (among only, when not nil), sharing budget among them; or the
+// first queued partition error.
+func (c *Consumer) prepareFetch(budget int, only map[int]bool) ([]rebalance.FetchRequest, []int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
@@ -660,7 +703,7 @@ func (c *Consumer) prepareFetch() ([]rebalance.FetchRequest, []int, error) {
 	now := time.Now()
 	ready := make([]int, 0, len(c.parts))
 	for p, op := range c.parts {
-		if now.Before(op.validUntil) && !op.revoking {
+		if now.Before(op.validUntil) && !op.revoking && (only == nil || only[p]) {
 			ready = append(ready, p)
 		}
 	}
@@ -672,8 +715,8 @@ func (c *Consumer) prepareFetch() ([]rebalance.FetchRequest, []int, error) {
 	// partitions, every partition gets its turn.
 	c.rotate = (c.rotate + 1) % len(ready)
 	ready = append(ready[c.rotate:], ready[:c.rotate]...)
-	n := min(len(ready), c.batch)
-	base, extra := c.batch/n, c.batch%n
+	n := min(len(ready), budget)
+	base, extra := budget/n, budget%n
 	reqs := make([]rebalance.FetchRequest, n)
 	for i, p := range ready[:n] {
 		op := c.parts[p]
@@ -851,15 +894,8 @@ func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 	groups := make(map[pe][]string)
 	var order []pe
 	for i, m := range msgs {
-		switch {
-		case m == nil:
-			return invalid("message %d is nil", i)
-		case m.Stream != c.stream.name || m.Group != c.group:
-			return invalid("message %d (%s) was read from stream %q group %q, not %q %q", i, m.Id, m.Stream, m.Group, c.stream.name, c.group)
-		case int(m.Partition) >= c.stream.Partitions():
-			return invalid("message %d has partition %d, stream has %d", i, m.Partition, c.stream.Partitions())
-		case m.Id == "":
-			return invalid("message %d has no ID", i)
+		if err := c.checkMessage(i, m); err != nil {
+			return err
 		}
 		k := pe{int(m.Partition), m.Epoch}
 		if _, ok := groups[k]; !ok {
@@ -910,6 +946,49 @@ func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 	return errors.Join(errs...)
 }
 
+// Nack hands messages returned by Read back without acknowledging them:
+// they are delivered again, first (before anything newer of their
+// partition), to this consumer or to the partition's next owner. Use it for
+// messages that will not be processed now, e.g. when stopping. Delivered
+// messages of the same partitions that are neither acked nor nacked are
+// delivered again too. Nack does no I/O.
+func (c *Consumer) Nack(msgs ...*contracts.CMessage) error {
+	for i, m := range msgs {
+		if err := c.checkMessage(i, m); err != nil {
+			return err
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range msgs {
+		op, ok := c.parts[int(m.Partition)]
+		if !ok || op.epoch != m.Epoch {
+			continue // no longer ours: its next owner delivers it
+		}
+		delete(op.inflight, m.Id)
+		op.cursor, op.cursorIdle = "0-0", 0
+		if op.revoking {
+			c.wakeLoop()
+		}
+	}
+	return nil
+}
+
+// checkMessage validates message i given to Ack or Nack.
+func (c *Consumer) checkMessage(i int, m *contracts.CMessage) error {
+	switch {
+	case m == nil:
+		return invalid("message %d is nil", i)
+	case m.Stream != c.stream.name || m.Group != c.group:
+		return invalid("message %d (%s) was read from stream %q group %q, not %q %q", i, m.Id, m.Stream, m.Group, c.stream.name, c.group)
+	case int(m.Partition) >= c.stream.Partitions():
+		return invalid("message %d has partition %d, stream has %d", i, m.Partition, c.stream.Partitions())
+	case m.Id == "":
+		return invalid("message %d has no ID", i)
+	}
+	return nil
+}
+
 // Shutdown stops the consumer and hands its partitions over: it stops
 // fetching, leaves the group (whose partitions are assigned to the remaining
 // members at once), and releases each partition's lease as soon as the
@@ -929,6 +1008,11 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 		delete(c.seg.consumers, c)
 		c.seg.mu.Unlock()
 	})
+	select {
+	case <-c.done:
+		return c.shutdownErr
+	default:
+	}
 	select {
 	case <-c.done:
 		return c.shutdownErr

@@ -518,3 +518,62 @@ func TestReadRespectsContextCancellation(t *testing.T) {
 		t.Fatal("Read ignored the cancelled context")
 	}
 }
+
+func TestNackedMessagesComeBackFirst(t *testing.T) {
+	ctx := context.Background()
+	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 2, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := invariant.NewRecorder()
+	ids := send(t, st, rec, msg("k", "0"), msg("k", "1"), msg("k", "2"))
+	first := drainNoAck(t, c, rec, 2)
+	if err := ack(t, c, rec, first[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Nack(first[1]); err != nil {
+		t.Fatal(err)
+	}
+	again, err := read(t, c, rec, time.Second)
+	if err != nil || len(again) == 0 || again[0].Id != ids[1] || again[0].DeliveryCount != 2 {
+		t.Fatalf("after Nack: %v %v, want %s again first", again, err, ids[1])
+	}
+	if err := ack(t, c, rec, again...); err != nil {
+		t.Fatal(err)
+	}
+	drain(t, c, rec, 3-1-len(again), 5*time.Second)
+	checkLog(t, rec, invariant.Options{RequireAllAcked: true})
+	if err := c.Nack(nil); !errors.Is(err, segmenter.ErrInvalidArgument) {
+		t.Fatalf("Nack(nil): %v", err)
+	}
+}
+
+func TestReadFillsTheBatchFromBusyPartitions(t *testing.T) {
+	ctx := context.Background()
+	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	st, err := seg.RegisterStream(ctx, "s", 8, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var batch []*contracts.PMessage
+	for i := 0; i < 100; i++ {
+		batch = append(batch, msg(keyFor(t, st, 3, 0), strconv.Itoa(i)))
+	}
+	send(t, st, nil, batch...)
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 50, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Read(ctx, time.Second)
+	if err != nil || len(got) != 50 {
+		t.Fatalf("Read returned %d messages (%v), want a full batch of 50 from the one busy partition", len(got), err)
+	}
+	if err := c.Ack(ctx, got...); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -302,23 +302,39 @@ func (s *Segmenter) streamMeta(ctx context.Context, name string) (streamMeta, er
 	return decodeMeta(raw)
 }
 
-// GetStream returns the registered stream name, or ErrStreamNotFound.
-func (s *Segmenter) GetStream(ctx context.Context, name string) (*Stream, error) {
-	if err := validateName("stream", name); err != nil {
-		return nil, err
+// GetStream returns the registered stream name, or ErrStreamNotFound. A
+// stream registered with a partitioner other than the built-in ones
+// (partition.ByName) needs the same one passed with WithPartitioner.
+func (s *Segmenter) GetStream(ctx context.Context, name string, opts ...StreamOption) (*Stream, error) {
+	var o streamOptions
+	for _, opt := range opts {
+		opt.applyStream(&o)
 	}
-	if err := s.checkOpen(); err != nil {
-		return nil, err
-	}
-	m, err := s.streamMeta(ctx, name)
+	m, err := s.lookupStream(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	p, err := partition.ByName(m.partitioner)
-	if err != nil {
-		return nil, fmt.Errorf("segmenter: stream %q uses partitioner %q: %w", name, m.partitioner, err)
+	p := o.partitioner
+	if p == nil {
+		if p, err = partition.ByName(m.partitioner); err != nil {
+			return nil, fmt.Errorf("%w: stream %q uses partitioner %q: pass it with WithPartitioner", ErrInvalidArgument, name, m.partitioner)
+		}
+	}
+	if p.Name() != m.partitioner {
+		return nil, fmt.Errorf("%w: stream %q uses partitioner %q, not %q", ErrStreamConflict, name, m.partitioner, p.Name())
 	}
 	return newStream(s, name, m, p), nil
+}
+
+// lookupStream returns the metadata of a registered stream.
+func (s *Segmenter) lookupStream(ctx context.Context, name string) (streamMeta, error) {
+	if err := validateName("stream", name); err != nil {
+		return streamMeta{}, err
+	}
+	if err := s.checkOpen(); err != nil {
+		return streamMeta{}, err
+	}
+	return s.streamMeta(ctx, name)
 }
 
 func (s *Segmenter) reportError(err error) {

@@ -344,3 +344,47 @@ func TestUserClientIsNotClosed(t *testing.T) {
 		t.Fatalf("the caller's client was closed: %v", err)
 	}
 }
+
+// reversed is a custom partitioner: not one of partition.ByName's.
+type reversed struct{}
+
+func (reversed) Name() string { return "reversed" }
+func (reversed) Partition(key []byte, n int) int {
+	return (n - 1) - partition.Default.Partition(key, n)
+}
+
+func TestCustomPartitioner(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	seg := newSegmenter(t, ns, nil)
+	st, err := seg.RegisterStream(ctx, "s", 4, 0, segmenter.WithPartitioner(reversed{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Partitioner() != "reversed" || st.PartitionOf("k") != 3-partition.Default.Partition([]byte("k"), 4) {
+		t.Fatalf("partitioner %s maps k to %d", st.Partitioner(), st.PartitionOf("k"))
+	}
+	other := newSegmenter(t, ns, nil)
+	if _, err := other.GetStream(ctx, "s"); !errors.Is(err, segmenter.ErrInvalidArgument) {
+		t.Fatalf("GetStream without the custom partitioner: %v", err)
+	}
+	if _, err := other.GetStream(ctx, "s", segmenter.WithPartitioner(partition.FNV1a)); !errors.Is(err, segmenter.ErrStreamConflict) {
+		t.Fatalf("GetStream with another partitioner: %v", err)
+	}
+	st2, err := other.GetStream(ctx, "s", segmenter.WithPartitioner(reversed{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st2.Send(ctx, msg("k", "v")); err != nil {
+		t.Fatal(err)
+	}
+	// A consumer needs no partitioner.
+	c, err := other.RegisterConsumer(ctx, "s", "g", 10, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := drain(t, c, nil, 1, 5*time.Second)
+	if int(got[0].Partition) != st.PartitionOf("k") {
+		t.Fatalf("message on partition %d, want %d", got[0].Partition, st.PartitionOf("k"))
+	}
+}

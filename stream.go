@@ -38,10 +38,15 @@ func (st *Stream) Partitions() int { return st.meta.partitions }
 // unbounded).
 func (st *Stream) MaxLenPerPartition() int64 { return st.meta.maxLen }
 
-// PartitionOf returns the partition a key maps to.
+// PartitionOf returns the partition a key maps to. On a Stream a consumer
+// got (Consumer.Stream) of a stream with a custom partitioner, it panics:
+// get the Stream with GetStream and WithPartitioner instead.
 func (st *Stream) PartitionOf(key string) int {
 	return st.partitioner.Partition([]byte(key), st.meta.partitions)
 }
+
+// Partitioner returns the name of the stream's partitioner.
+func (st *Stream) Partitioner() string { return st.meta.partitioner }
 
 func (st *Stream) validate(m *contracts.PMessage) error {
 	if m == nil {

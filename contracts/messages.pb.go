@@ -107,7 +107,8 @@ func (x *PMessage) GetMetadata() map[string]string {
 type CMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// id is the Redis stream entry ID of the message, for example
-	// "1700000000000-0". It is unique within stream.
+	// "1700000000000-0". It is unique within its partition only: use
+	// (partition, id) to identify a message of a stream.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// partition_key is the key the producer sent the message with (see
 	// PMessage.partition_key).
@@ -130,7 +131,8 @@ type CMessage struct {
 	// store it with the effect and reject writes that carry an epoch lower
 	// than the latest one seen.
 	Epoch int64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	// stream is the name of the Redis stream the entry was read from.
+	// stream is the name of the segmenter stream (not the Redis key) the
+	// message was read from.
 	Stream string `protobuf:"bytes,8,opt,name=stream,proto3" json:"stream,omitempty"`
 	// group is the name of the Redis consumer group the entry was read
 	// through.

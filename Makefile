@@ -1,0 +1,75 @@
+# segmenter: build, test and demo targets. `make help` lists them.
+
+include Makefile.proto.mk
+
+GO ?= go
+GOFMT ?= gofmt
+
+# The full suite: unit, integration and end-to-end tests, with the race
+# detector, against real Redis (see internal/redistest for where it comes from).
+TEST_FLAGS ?= -race -count=1 -timeout 30m
+
+# Debian packages the tests need, as "command:package" pairs.
+DEPS := redis-server:redis-server protoc:protobuf-compiler
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help:
+	@echo "Targets:"
+	@echo "  make test        vet, gofmt check, then every test with -race against real Redis (runs deps first)"
+	@echo "  make test-short  the tests without -race, in -short mode (quick loop)"
+	@echo "  make lint        go vet and the gofmt check"
+	@echo "  make demo        run the demo (embedded Redis unless REDIS_URL is set)"
+	@echo "  make deps        install redis-server and protoc with apt-get when missing"
+	@echo "  make proto       regenerate contracts/messages.pb.go (needs protoc)"
+
+# deps installs what a fresh Debian machine lacks for the tests, and nothing
+# when everything is there. It uses sudo only when not root.
+.PHONY: deps
+deps:
+	@set -e; missing=""; \
+	for dep in $(DEPS); do \
+		command -v "$${dep%%:*}" >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	echo "deps: installing$$missing"; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "deps: apt-get not found: install$$missing yourself" >&2; exit 1; \
+	fi; \
+	sudo=""; \
+	if [ "$$(id -u)" -ne 0 ]; then \
+		if command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
+		else echo "deps: not root and no sudo: install$$missing as root" >&2; exit 1; fi; \
+	fi; \
+	$$sudo apt-get update; \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing
+
+.PHONY: demo
+demo:
+	$(GO) run ./cmd/segmenter demo
+
+.PHONY: vet
+vet:
+	$(GO) vet ./...
+
+# fmt-check fails listing the files gofmt would change.
+.PHONY: fmt-check
+fmt-check:
+	@files="$$($(GOFMT) -l .)"; \
+	if [ -n "$$files" ]; then \
+		echo "gofmt: these files are not formatted (run gofmt -w on them):"; \
+		echo "$$files"; \
+		exit 1; \
+	fi
+
+.PHONY: lint
+lint: vet fmt-check
+
+.PHONY: test
+test: deps lint
+	$(GO) test $(TEST_FLAGS) ./...
+
+.PHONY: test-short
+test-short:
+	$(GO) test -short -count=1 ./...
