@@ -139,7 +139,8 @@ type Consumer struct {
 	closing  bool
 	fetchSeq uint64
 
-	stats stats
+	stats     stats
+	retention retentionState // see retention.go
 
 	ctx          context.Context // root of the consumer's background loop
 	cancel       context.CancelFunc
@@ -169,11 +170,15 @@ type Stats struct {
 	Acked       uint64 // messages acknowledged
 	Fenced      uint64 // partitions lost to another consumer while held
 	Trimmed     uint64 // pending messages trimmed by retention before they were acked: lost
-	Poison      uint64 // entries not written by this SDK
+	// TrimmedUnread estimates the messages trimmed by retention before this
+	// group read them at all: lost (see Stream retention).
+	TrimmedUnread uint64
+	Poison        uint64 // entries not written by this SDK
+	DeadLettered  uint64 // messages moved to the group's dead letters
 }
 
 type stats struct {
-	delivered, redelivered, acked, fenced, trimmed, poison atomic.Uint64
+	delivered, redelivered, acked, fenced, trimmed, trimmedUnread, poison, deadLettered atomic.Uint64
 }
 
 // Owned is a partition a consumer holds, with the epoch of its lease.
@@ -331,12 +336,14 @@ func (c *Consumer) Assignment() []Owned {
 // Stats returns the consumer's counters.
 func (c *Consumer) Stats() Stats {
 	return Stats{
-		Delivered:   c.stats.delivered.Load(),
-		Redelivered: c.stats.redelivered.Load(),
-		Acked:       c.stats.acked.Load(),
-		Fenced:      c.stats.fenced.Load(),
-		Trimmed:     c.stats.trimmed.Load(),
-		Poison:      c.stats.poison.Load(),
+		Delivered:     c.stats.delivered.Load(),
+		Redelivered:   c.stats.redelivered.Load(),
+		Acked:         c.stats.acked.Load(),
+		Fenced:        c.stats.fenced.Load(),
+		Trimmed:       c.stats.trimmed.Load(),
+		TrimmedUnread: c.stats.trimmedUnread.Load(),
+		Poison:        c.stats.poison.Load(),
+		DeadLettered:  c.stats.deadLettered.Load(),
 	}
 }
 
