@@ -35,9 +35,12 @@ const (
 type ConsumerOption interface{ applyConsumer(*consumerOptions) }
 
 type consumerOptions struct {
-	start    StartPosition
-	name     string
-	listener func(PartitionEvent)
+	start         StartPosition
+	name          string
+	listener      func(PartitionEvent)
+	hooks         []Hook
+	maxDeliveries int
+	poison        PoisonPolicy
 }
 
 type consumerOptionFunc func(*consumerOptions)
@@ -103,6 +106,34 @@ func WithPartitionListener(f func(PartitionEvent)) ConsumerOption {
 	return consumerOptionFunc(func(o *consumerOptions) { o.listener = f })
 }
 
+// WithMaxDeliveries moves a message delivered more than n times to the
+// group's dead letters (with the reason and its original stream ID) and
+// acknowledges it, instead of delivering it again. Run's retries of a
+// failing handler count as deliveries. 0, the default, never dead-letters.
+func WithMaxDeliveries(n int) ConsumerOption {
+	return consumerOptionFunc(func(o *consumerOptions) { o.maxDeliveries = n })
+}
+
+// PoisonPolicy says what a consumer does with a poison entry: one this SDK
+// did not write or cannot decode.
+type PoisonPolicy int
+
+const (
+	// PoisonDeliver delivers poison entries like any other message, in
+	// order (Poison(msg) reports them); Run gives them to the handler set
+	// with WithPoisonHandler, else to its handler. The default.
+	PoisonDeliver PoisonPolicy = iota
+	// PoisonDeadLetter moves poison entries to the group's dead letters
+	// without delivering them.
+	PoisonDeadLetter
+)
+
+// WithPoisonPolicy sets what the consumer does with poison entries.
+// Default PoisonDeliver.
+func WithPoisonPolicy(p PoisonPolicy) ConsumerOption {
+	return consumerOptionFunc(func(o *consumerOptions) { o.poison = p })
+}
+
 // MaxBatchSize bounds the batch size of a consumer.
 const MaxBatchSize = 10000
 
@@ -122,6 +153,8 @@ type Consumer struct {
 	leaseKeys []string
 	groupKeys rebalance.Group
 	listener  func(PartitionEvent)
+	hooks     hooks
+	opts      consumerOptions
 
 	readMu     sync.Mutex    // one Read at a time
 	listenerMu sync.Mutex    // serializes listener calls
@@ -218,6 +251,12 @@ func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, 
 	if o.start != StartEarliest && o.start != StartLatest {
 		errs = append(errs, invalid("unknown StartPosition %d", o.start))
 	}
+	if o.maxDeliveries < 0 {
+		errs = append(errs, invalid("MaxDeliveries %d is negative", o.maxDeliveries))
+	}
+	if o.poison != PoisonDeliver && o.poison != PoisonDeadLetter {
+		errs = append(errs, invalid("unknown PoisonPolicy %d", o.poison))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -248,6 +287,8 @@ func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, 
 		gen:      -1,
 		assigned: map[int]bool{},
 		listener: o.listener,
+		hooks:    newHooks(append(append([]Hook(nil), s.cfg.Hooks...), o.hooks...)),
+		opts:     o,
 		wake:     make(chan struct{}, 1),
 		changed:  make(chan struct{}),
 		done:     make(chan struct{}),
@@ -586,13 +627,18 @@ func (c *Consumer) flushEvents() {
 	events := c.events
 	c.events = nil
 	c.mu.Unlock()
-	if c.listener == nil || len(events) == 0 {
+	if (c.listener == nil && len(c.hooks.partition) == 0) || len(events) == 0 {
 		return
 	}
 	c.listenerMu.Lock()
 	defer c.listenerMu.Unlock()
 	for _, e := range events {
-		c.listener(e)
+		if c.listener != nil {
+			c.listener(e)
+		}
+		for _, h := range c.hooks.partition {
+			h.OnPartition(e)
+		}
 	}
 }
 
@@ -647,6 +693,7 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 		}
 		var tops map[int]string
 		if len(reqs) > 0 {
+			start := time.Now()
 			res := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, reqs)
 			msgs, t, err := c.applyFetch(parts, reqs, res)
 			if err == nil && len(msgs) > 0 && len(msgs) < c.batch {
@@ -655,6 +702,7 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 				msgs = c.fillBatch(ctx, msgs, parts, reqs, res)
 			}
 			if len(msgs) > 0 {
+				c.onDeliver(msgs, start)
 				return msgs, nil // an error of another partition waits for the next Read
 			}
 			if err != nil {
@@ -669,6 +717,17 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 		if err := c.wait(ctx, min(remaining, c.seg.cfg.BlockInterval), tops); err != nil {
 			return nil, err
 		}
+	}
+}
+
+// onDeliver tells the deliver hooks of a batch.
+func (c *Consumer) onDeliver(msgs []*contracts.CMessage, start time.Time) {
+	if len(c.hooks.deliver) == 0 {
+		return
+	}
+	ev := DeliverEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Messages: msgs, Start: start, End: time.Now()}
+	for _, h := range c.hooks.deliver {
+		h.OnDeliver(ev)
 	}
 }
 
@@ -922,7 +981,24 @@ func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 	for i, k := range order {
 		reqs[i] = rebalance.AckRequest{LeaseKey: c.leaseKeys[k.p], StreamKey: c.stream.keys[k.p], Epoch: k.epoch, IDs: groups[k]}
 	}
+	start := time.Now()
 	res := rebalance.Ack(ctx, c.seg.rdb, c.id, c.group, reqs)
+	if len(c.hooks.ack) > 0 {
+		end := time.Now()
+		for i, r := range res {
+			ev := AckEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Partition: order[i].p,
+				Epoch: order[i].epoch, IDs: reqs[i].IDs, Outcome: Acked, Err: r.Err, Start: start, End: end}
+			switch {
+			case r.Err != nil:
+				ev.Outcome = AckFailed
+			case r.Fenced:
+				ev.Outcome, ev.Err = AckFenced, ErrFenced
+			}
+			for _, h := range c.hooks.ack {
+				h.OnAck(ev)
+			}
+		}
+	}
 
 	defer c.flushEvents()
 	c.mu.Lock()

@@ -55,6 +55,10 @@ type Config struct {
 	// 500ms.
 	BlockInterval time.Duration
 
+	// Hooks observe every consumer of this Segmenter (see Hook); a consumer
+	// adds its own with WithHooks.
+	Hooks []Hook
+
 	// OnError, when set, receives the errors of background work
 	// (heartbeats, lease renewal and acquisition, rebalancing). They are
 	// logged either way. It must not block.
