@@ -186,6 +186,8 @@ type Consumer struct {
 // ownedPartition is the local state of a partition whose lease we hold.
 type ownedPartition struct {
 	epoch      int64
+	ctx        context.Context // cancelled when the partition is revoked, lost or released
+	cancel     context.CancelFunc
 	revoking   bool      // assigned elsewhere: fetch nothing, release once drained
 	validUntil time.Time // after it, deliver nothing before Redis confirms the lease
 	// cursor continues a claim of the pending list ("" when none); a claim
@@ -419,7 +421,9 @@ func (c *Consumer) loop() {
 			}
 		}
 		next := interval
-		if c.tick(c.ctx) {
+		urgent := c.tick(c.ctx)
+		c.checkRetention(c.ctx) // at most every retentionCheckInterval
+		if urgent {
 			next, retry = min(retry, interval), min(2*retry, interval)
 		} else {
 			retry = firstRetry
@@ -496,8 +500,11 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 		case g.Err != nil:
 			c.reportLocked(p, fmt.Errorf("acquire lease: %w", g.Err))
 		case g.Granted:
+			pctx, cancel := context.WithCancel(c.ctx)
 			c.parts[p] = &ownedPartition{
 				epoch:      g.Epoch,
+				ctx:        pctx,
+				cancel:     cancel,
 				validUntil: sent.Add(c.validity()),
 				cursor:     "0-0", // deliver the pending list first
 				inflight:   make(map[string]time.Time),
@@ -534,6 +541,7 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 	for p, op := range c.parts {
 		if closing || !c.assigned[p] {
 			op.revoking = true
+			op.cancel() // Run's handlers of the partition stop
 		}
 		if op.revoking && c.drainedLocked(op, now) {
 			release = append(release, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
@@ -604,6 +612,7 @@ func (c *Consumer) releasePartitions(ctx context.Context, parts []int, held []re
 			c.reportLocked(p, fmt.Errorf("release lease: %w", r.Err))
 			continue // retried on the next tick; else it expires
 		}
+		op.cancel()
 		delete(c.parts, p)
 		c.events = append(c.events, PartitionEvent{Kind: PartitionRevoked, Partition: p, Epoch: op.epoch})
 		c.log.Info("partition handed over", "partition", p, "epoch", op.epoch)
@@ -648,6 +657,7 @@ func (c *Consumer) dropLocked(p int, err error, queue bool) {
 	if !ok {
 		return
 	}
+	op.cancel()
 	delete(c.parts, p)
 	if errors.Is(err, ErrFenced) {
 		c.stats.fenced.Add(1)
@@ -687,28 +697,9 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		reqs, parts, err := c.prepareFetch(c.batch, nil)
-		if err != nil {
-			return nil, err
-		}
-		var tops map[int]string
-		if len(reqs) > 0 {
-			start := time.Now()
-			res := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, reqs)
-			msgs, t, err := c.applyFetch(parts, reqs, res)
-			if err == nil && len(msgs) > 0 && len(msgs) < c.batch {
-				// Partitions that filled their share may hold more: one
-				// more round among them fills the batch.
-				msgs = c.fillBatch(ctx, msgs, parts, reqs, res)
-			}
-			if len(msgs) > 0 {
-				c.onDeliver(msgs, start)
-				return msgs, nil // an error of another partition waits for the next Read
-			}
-			if err != nil {
-				return nil, err
-			}
-			tops = t
+		msgs, tops, err := c.fetchRound(ctx, nil)
+		if len(msgs) > 0 || err != nil {
+			return msgs, err
 		}
 		remaining := time.Until(deadline)
 		if remaining <= 0 {
@@ -731,19 +722,70 @@ func (c *Consumer) onDeliver(msgs []*contracts.CMessage, start time.Time) {
 	}
 }
 
+// fetchRound fetches, without waiting, up to a batch from the partitions
+// the consumer may deliver now (at most limit(p) from partition p when limit
+// is not nil). It returns the messages, or the last entry ID of each
+// partition found empty (to wait on), or the first error.
+func (c *Consumer) fetchRound(ctx context.Context, limit func(int) int) ([]*contracts.CMessage, map[int]string, error) {
+	// A batch all dead-lettered on the way is no reason to wait: go on.
+	for range 4 {
+		msgs, tops, err, dead := c.fetchOnce(ctx, limit)
+		if len(msgs) > 0 || err != nil || dead == 0 {
+			return msgs, tops, err
+		}
+	}
+	return nil, nil, nil
+}
+
+// fetchOnce is one fetchRound; dead counts the messages it dead-lettered.
+func (c *Consumer) fetchOnce(ctx context.Context, limit func(int) int) (_ []*contracts.CMessage, _ map[int]string, _ error, dead int) {
+	reqs, parts, err := c.prepareFetch(c.batch, limit)
+	if err != nil || len(reqs) == 0 {
+		return nil, nil, err, 0
+	}
+	start := time.Now()
+	res := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, reqs)
+	msgs, tops, err := c.applyFetch(parts, reqs, res)
+	if err == nil && len(msgs) > 0 && len(msgs) < c.batch {
+		// Partitions that filled their share may hold more: one more
+		// round among them fills the batch.
+		msgs = c.fillBatch(ctx, msgs, parts, reqs, res, limit)
+	}
+	if n := len(msgs); n > 0 && (c.opts.maxDeliveries > 0 || c.opts.poison == PoisonDeadLetter) {
+		msgs = c.deadLetterDelivered(ctx, msgs, c.deadLetterReason)
+		dead = n - len(msgs)
+	}
+	if len(msgs) > 0 {
+		if err != nil {
+			c.mu.Lock()
+			c.errs = append(c.errs, err) // for the next call
+			c.mu.Unlock()
+		}
+		c.onDeliver(msgs, start)
+		return msgs, nil, nil, dead
+	}
+	return nil, tops, err, dead
+}
+
 // fillBatch runs a second fetch round among the partitions whose first
 // round returned a full share.
-func (c *Consumer) fillBatch(ctx context.Context, msgs []*contracts.CMessage, parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult) []*contracts.CMessage {
-	full := make(map[int]bool)
+func (c *Consumer) fillBatch(ctx context.Context, msgs []*contracts.CMessage, parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult, limit func(int) int) []*contracts.CMessage {
+	full := make(map[int]int)
 	for i, r := range res {
 		if r.Err == nil && !r.Fenced && len(r.Entries) == reqs[i].Count {
-			full[parts[i]] = true
+			left := MaxBatchSize
+			if limit != nil {
+				left = limit(parts[i]) - len(r.Entries)
+			}
+			if left > 0 {
+				full[parts[i]] = left
+			}
 		}
 	}
 	if len(full) == 0 {
 		return msgs
 	}
-	reqs2, parts2, err := c.prepareFetch(c.batch-len(msgs), full)
+	reqs2, parts2, err := c.prepareFetch(c.batch-len(msgs), func(p int) int { return full[p] })
 	if err != nil || len(reqs2) == 0 {
 		return msgs
 	}
@@ -753,9 +795,9 @@ func (c *Consumer) fillBatch(ctx context.Context, msgs []*contracts.CMessage, pa
 }
 
 // prepareFetch returns a fetch request for each partition the consumer may
-// deliver now (among only, when not nil), sharing budget among them; or the
-// first queued partition error.
-func (c *Consumer) prepareFetch(budget int, only map[int]bool) ([]rebalance.FetchRequest, []int, error) {
+// deliver now (among those with limit(p) > 0, when limit is not nil),
+// sharing budget among them; or the first queued partition error.
+func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.FetchRequest, []int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
@@ -768,10 +810,19 @@ func (c *Consumer) prepareFetch(budget int, only map[int]bool) ([]rebalance.Fetc
 	}
 	now := time.Now()
 	ready := make([]int, 0, len(c.parts))
+	caps := make(map[int]int)
 	for p, op := range c.parts {
-		if now.Before(op.validUntil) && !op.revoking && (only == nil || only[p]) {
-			ready = append(ready, p)
+		if !now.Before(op.validUntil) || op.revoking {
+			continue
 		}
+		if limit != nil {
+			n := limit(p)
+			if n <= 0 {
+				continue
+			}
+			caps[p] = n
+		}
+		ready = append(ready, p)
 	}
 	if len(ready) == 0 {
 		return nil, nil, nil
@@ -790,6 +841,9 @@ func (c *Consumer) prepareFetch(budget int, only map[int]bool) ([]rebalance.Fetc
 		count := base
 		if i < extra {
 			count++
+		}
+		if limit != nil {
+			count = min(count, caps[p])
 		}
 		reqs[i] = rebalance.FetchRequest{
 			LeaseKey:   c.leaseKeys[p],
@@ -1158,6 +1212,9 @@ func (c *Consumer) leave(ctx context.Context) error {
 		c.mu.Lock()
 		if len(c.parts) > 0 {
 			c.log.Warn("leases not released: they expire after the session timeout", "count", len(c.parts))
+			for _, op := range c.parts {
+				op.cancel()
+			}
 			c.parts = make(map[int]*ownedPartition)
 		}
 		c.mu.Unlock()

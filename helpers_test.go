@@ -196,3 +196,26 @@ func drain(t *testing.T, c *segmenter.Consumer, rec *invariant.Recorder, want in
 	}
 	return all
 }
+
+// recordingHook records, through the consumer's hooks, every delivery and
+// ack into an invariant recorder: what Run does is checked like Read/Ack.
+type recordingHook struct{ rec *invariant.Recorder }
+
+func (h recordingHook) OnDeliver(e segmenter.DeliverEvent) {
+	h.rec.Delivered(e.Consumer, e.Messages, e.Start, e.End)
+}
+
+func (h recordingHook) OnAck(e segmenter.AckEvent) {
+	msgs := make([]*contracts.CMessage, len(e.IDs))
+	for i, id := range e.IDs {
+		msgs[i] = &contracts.CMessage{Id: id, Partition: uint32(e.Partition), Epoch: e.Epoch, Stream: e.Stream, Group: e.Group}
+	}
+	outcome := invariant.AckOK
+	switch e.Outcome {
+	case segmenter.AckFenced:
+		outcome = invariant.AckFenced
+	case segmenter.AckFailed:
+		outcome = invariant.AckError
+	}
+	h.rec.Acked(e.Consumer, msgs, outcome, e.Start, e.End)
+}

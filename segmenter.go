@@ -198,7 +198,10 @@ func (s *Segmenter) checkOpen() error {
 // StreamOption configures RegisterStream.
 type StreamOption interface{ applyStream(*streamOptions) }
 
-type streamOptions struct{ partitioner partition.Partitioner }
+type streamOptions struct {
+	partitioner partition.Partitioner
+	retention   Retention // see retention.go
+}
 
 type streamOptionFunc func(*streamOptions)
 
@@ -217,33 +220,47 @@ type streamMeta struct {
 	partitions  int
 	maxLen      int64
 	partitioner string
+	retention   Retention
 }
 
 const metaVersion = "v1"
 
+// encode writes "v1|partitions|maxlen|partitioner", plus "|retention" when
+// it is not RetentionMaxLen: the metadata of a stream with the default
+// retention stays readable by releases that predate the field, and one with
+// another retention is refused by them rather than trimmed the old way.
 func (m streamMeta) encode() string {
-	return metaVersion + "|" + strconv.Itoa(m.partitions) + "|" + strconv.FormatInt(m.maxLen, 10) + "|" + m.partitioner
+	s := metaVersion + "|" + strconv.Itoa(m.partitions) + "|" + strconv.FormatInt(m.maxLen, 10) + "|" + m.partitioner
+	if m.retention != RetentionMaxLen {
+		s += "|" + m.retention.String()
+	}
+	return s
 }
 
 func decodeMeta(s string) (streamMeta, error) {
 	f := strings.Split(s, "|")
-	if len(f) != 4 || f[0] != metaVersion {
+	if (len(f) != 4 && len(f) != 5) || f[0] != metaVersion {
 		return streamMeta{}, fmt.Errorf("segmenter: unreadable stream metadata %q", s)
 	}
 	p, err1 := strconv.Atoi(f[1])
 	n, err2 := strconv.ParseInt(f[2], 10, 64)
-	if err1 != nil || err2 != nil || p < 1 {
+	r, ok := RetentionMaxLen, true // absent: metadata written before the field
+	if len(f) == 5 {
+		r, ok = parseRetention(f[4])
+	}
+	if err1 != nil || err2 != nil || p < 1 || !ok {
 		return streamMeta{}, fmt.Errorf("segmenter: unreadable stream metadata %q", s)
 	}
-	return streamMeta{partitions: p, maxLen: n, partitioner: f[3]}, nil
+	return streamMeta{partitions: p, maxLen: n, partitioner: f[3], retention: r}, nil
 }
 
 // RegisterStream creates the stream name with the given number of partitions
 // and retention (approximate maximum entries kept per partition; 0 keeps
-// everything), or returns the existing one. The metadata lives in Redis, so
-// every process of the namespace gets the same stream. Registering again with
-// the same parameters is a no-op, also when two processes race; different
-// parameters give ErrStreamConflict and change nothing.
+// everything; WithRetention says whether retention may drop messages a group
+// has not processed), or returns the existing one. The metadata lives in
+// Redis, so every process of the namespace gets the same stream. Registering
+// again with the same parameters is a no-op, also when two processes race;
+// different parameters give ErrStreamConflict and change nothing.
 func (s *Segmenter) RegisterStream(ctx context.Context, name string, partitions int, maxLenPerPartition int64, opts ...StreamOption) (*Stream, error) {
 	var o streamOptions
 	for _, opt := range opts {
@@ -268,13 +285,16 @@ func (s *Segmenter) RegisterStream(ctx context.Context, name string, partitions 
 	if err := validateName("partitioner", o.partitioner.Name()); err != nil {
 		errs = append(errs, err)
 	}
+	if !o.retention.valid() {
+		errs = append(errs, invalid("unknown Retention %d", o.retention))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	if err := s.checkOpen(); err != nil {
 		return nil, err
 	}
-	want := streamMeta{partitions: partitions, maxLen: maxLenPerPartition, partitioner: o.partitioner.Name()}
+	want := streamMeta{partitions: partitions, maxLen: maxLenPerPartition, partitioner: o.partitioner.Name(), retention: o.retention}
 	created, err := s.rdb.HSetNX(ctx, s.keys.Streams(), name, want.encode()).Result()
 	if err != nil {
 		return nil, fmt.Errorf("segmenter: register stream %q: %w", name, err)
@@ -285,8 +305,8 @@ func (s *Segmenter) RegisterStream(ctx context.Context, name string, partitions 
 			return nil, err
 		}
 		if got != want {
-			return nil, fmt.Errorf("%w: stream %q has %d partitions, retention %d, partitioner %s; asked for %d, %d, %s",
-				ErrStreamConflict, name, got.partitions, got.maxLen, got.partitioner, want.partitions, want.maxLen, want.partitioner)
+			return nil, fmt.Errorf("%w: stream %q has %d partitions, retention %d (%v), partitioner %s; asked for %d, %d (%v), %s",
+				ErrStreamConflict, name, got.partitions, got.maxLen, got.retention, got.partitioner, want.partitions, want.maxLen, want.retention, want.partitioner)
 		}
 	}
 	return newStream(s, name, want, o.partitioner), nil

@@ -332,3 +332,29 @@ func TestClaimRestartsWhenAPassedMessageComesDueAgain(t *testing.T) {
 		t.Fatalf("claim continued past due messages: %v, want %v", ids(r), sent[:2])
 	}
 }
+
+func TestTouchKeepsMessagesFromComingDue(t *testing.T) {
+	f := newFixture(t)
+	sent := f.add(t, 2)
+	a := f.acquire(t, "A", time.Minute)
+	f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 2}, time.Hour)
+	// Let them idle, by Redis' clock, then touch one.
+	redistest.Eventually(t, 5*time.Second, func() bool {
+		p, err := f.rdb.XPendingExt(f.ctx, &redis.XPendingExtArgs{Stream: f.stream, Group: f.group, Start: "-", End: "+", Count: 1}).Result()
+		return err == nil && len(p) == 1 && p[0].Idle >= 30*time.Millisecond
+	}, "never idle")
+	r := rebalance.Touch(f.ctx, f.rdb, "A", f.group, []rebalance.AckRequest{{LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch, IDs: sent[:1]}})[0]
+	if r.Err != nil || r.Fenced || r.Acked != 1 {
+		t.Fatalf("touch: %+v", r)
+	}
+	p, err := f.rdb.XPendingExt(f.ctx, &redis.XPendingExtArgs{Stream: f.stream, Group: f.group, Start: "-", End: "+", Count: 2}).Result()
+	if err != nil || len(p) != 2 {
+		t.Fatal(p, err)
+	}
+	if p[0].Idle >= 30*time.Millisecond || p[0].RetryCount != 1 || p[1].Idle < 30*time.Millisecond {
+		t.Fatalf("after touching %s: %+v", sent[0], p)
+	}
+	if r := rebalance.Touch(f.ctx, f.rdb, "A", f.group, []rebalance.AckRequest{{LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch - 1, IDs: sent}})[0]; !r.Fenced {
+		t.Fatalf("touch with a stale epoch: %+v", r)
+	}
+}

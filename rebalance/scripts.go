@@ -35,11 +35,16 @@ var (
 	fetchScript   = load("fetch")
 	ackScript     = load("ack")
 
+	deadLetterScript = load("deadletter")
+	redriveScript    = load("redrive")
+
 	heartbeatScript = load("heartbeat")
 	snapshotScript  = load("snapshot")
 	commitScript    = load("commit")
 	leaveScript     = load("leave")
 	unlockScript    = load("unlock")
+
+	trimScript, retentionScript = load("trim"), load("retention") // retention.go
 )
 
 // call is one script invocation queued into a batch.

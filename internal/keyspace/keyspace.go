@@ -8,17 +8,17 @@
 //	seg:{N}:streams                 hash   S -> stream metadata ("v1|partitions|maxlen|partitioner")
 //	seg:{N}:groups:S                set    the groups registered on S
 //	seg:{N:S:i}:p                   stream the entries of partition i
-//	seg:{N:S:i}:lease:G             hash   lease of partition i for group G: o owner, e epoch, x expiry (ms, server time), r last fetch id
+//	seg:{N:S:i}:lease:G             hash   lease of partition i for group G: o owner, e epoch, x expiry (ms, server time), r last fetch id, u unread messages lost to trimming already reported
+//	seg:{N:S:i}:dlq:G               stream group G's dead letters from partition i: the original entry's fields plus dlq.id, dlq.reason, dlq.deliveries, dlq.group, dlq.at
 //	seg:{N:S:G}:members             zset   members of group G, scored by session expiry (ms, server time)
 //	seg:{N:S:G}:assign              hash   the group's assignment: gen, and member -> partitions
 //	seg:{N:S:G}:coord               string the group's coordinator lock (owner token, with a TTL)
-//	seg:{N:S:G}:dlq                 stream the group's dead letters
 //
-// The braces are Redis Cluster hash tags: a partition's stream and the leases
-// of every group on it share one slot, so each fenced script (read, claim,
-// ack, renew) touches a single slot; a group's membership, assignment and
-// coordinator lock share another. Different partitions spread over the
-// cluster.
+// The braces are Redis Cluster hash tags: a partition's stream, the leases of
+// every group on it and those groups' dead letters from it share one slot,
+// so each fenced script (read, claim, ack, renew, dead-letter, re-drive)
+// touches a single slot; a group's membership, assignment and coordinator
+// lock share another. Different partitions spread over the cluster.
 package keyspace
 
 import "strconv"
@@ -63,5 +63,9 @@ func (s Space) Assignment(stream, group string) string { return s.groupTag(strea
 // Coordinator is the coordinator lock of group on stream.
 func (s Space) Coordinator(stream, group string) string { return s.groupTag(stream, group) + ":coord" }
 
-// DeadLetters is the dead-letter stream of group on stream.
-func (s Space) DeadLetters(stream, group string) string { return s.groupTag(stream, group) + ":dlq" }
+// DeadLetters is the stream of group's dead letters from partition p of
+// stream. It shares the partition's slot, so moving a message there is one
+// fenced script.
+func (s Space) DeadLetters(stream string, p int, group string) string {
+	return s.partTag(stream, p) + ":dlq:" + group
+}

@@ -14,6 +14,8 @@
 --   for claimed entries; top_id: the partition's last entry id when nothing
 --   was found ('' otherwise); claim_idle: the min idle of the claim that
 --   next_cursor continues.
+-- An entry with a field 'to' naming another group (a dead letter re-driven
+-- for that group) is acknowledged for this group and left out.
 local l = redis.call('HMGET', KEYS[1], 'o', 'e', 'r')
 if l[1] ~= ARGV[1] or l[2] ~= ARGV[2] then return {0} end
 local me, group, count = ARGV[1], ARGV[3], tonumber(ARGV[4])
@@ -38,6 +40,20 @@ local function id_less(a, b)
   return tonumber(aseq) < tonumber(bseq)
 end
 
+-- for_other: is entry e meant for another group only? Then it is
+-- acknowledged for this one, never delivered to it.
+local function for_other(e)
+  local f = e[2]
+  if f[1] ~= 'v' then return false end -- not written by segmenter: poison, delivered
+  for i = 3, #f, 2 do
+    if f[i] == 'to' and f[i + 1] ~= group then
+      redis.call('XACK', KEYS[2], group, e[1])
+      return true
+    end
+  end
+  return false
+end
+
 local claimed = cursor ~= ''
 if not claimed then
   local due, _, err = oldest_due()
@@ -60,7 +76,7 @@ if cursor ~= '' then
     if type(r) == 'table' and r.err then return r end
     cursor = r[1]
     for _, e in ipairs(r[2]) do
-      if e then table.insert(entries, e) end
+      if e and not for_other(e) then table.insert(entries, e) end
     end
     if r[3] then
       for _, id in ipairs(r[3]) do table.insert(trimmed, id) end
@@ -85,16 +101,27 @@ if read_new and claimed then
   if err then return err end
   if due then read_new = false end
 end
+local skipped_to -- the last entry read and skipped (meant for another group)
 if read_new then
-  local r = redis.pcall('XREADGROUP', 'GROUP', group, me, 'COUNT', count - #entries, 'STREAMS', KEYS[2], '>')
-  if type(r) == 'table' and r.err then return r end
-  if r then
-    for _, e in ipairs(r[1][2]) do table.insert(entries, e) end
+  -- Entries skipped leave room in the batch: read on.
+  local rounds = 0
+  while #entries < count and rounds < 32 do
+    rounds = rounds + 1
+    local r = redis.pcall('XREADGROUP', 'GROUP', group, me, 'COUNT', count - #entries, 'STREAMS', KEYS[2], '>')
+    if type(r) == 'table' and r.err then return r end
+    if not r then break end
+    local skipped = false
+    for _, e in ipairs(r[1][2]) do
+      if for_other(e) then skipped, skipped_to = true, e[1] else table.insert(entries, e) end
+    end
+    if not skipped then break end
   end
 end
 
 local top = ''
-if #entries == 0 then
+if #entries == 0 and skipped_to then
+  top = skipped_to -- entries may follow it, unread: wait from there
+elseif #entries == 0 then
   local t = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
   if #t > 0 then top = t[1][1] else top = '0-0' end
 end

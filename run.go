@@ -1,0 +1,608 @@
+package segmenter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmenter/segmenter/contracts"
+	"github.com/segmenter/segmenter/rebalance"
+)
+
+// Handler processes one message. A nil return acknowledges it; an error
+// has it retried, after a backoff, before anything newer of its partition
+// (or, with WithKeyConcurrency, of its key). A panic counts as an error. ctx
+// is cancelled when the message's partition is revoked or lost, when the
+// consumer shuts down, and when Run's abort context ends.
+type Handler func(ctx context.Context, msg *contracts.CMessage) error
+
+// RunOption configures Run.
+type RunOption interface{ applyRun(*runOptions) }
+
+type runOptions struct {
+	backoffMin, backoffMax time.Duration
+	keyConcurrency         int // in-flight messages per partition; 0: one at a time
+	poison                 Handler
+	abort                  context.Context
+}
+
+type runOptionFunc func(*runOptions)
+
+func (f runOptionFunc) applyRun(o *runOptions) { f(o) }
+
+// WithRetryBackoff sets the wait before retrying a failed message: initial
+// after the first failure, doubling up to max. Default 100ms up to 10s.
+func WithRetryBackoff(initial, max time.Duration) RunOption {
+	return runOptionFunc(func(o *runOptions) { o.backoffMin, o.backoffMax = initial, max })
+}
+
+// WithKeyConcurrency processes the messages of different keys of one
+// partition concurrently, those of one key strictly in order, with at most
+// maxInFlight messages of a partition in flight. A failing message holds
+// back only its own key: the key's later messages wait while the other keys
+// of the partition keep flowing. Off (0) by default: a partition's messages
+// are handled one after the other.
+func WithKeyConcurrency(maxInFlight int) RunOption {
+	return runOptionFunc(func(o *runOptions) { o.keyConcurrency = maxInFlight })
+}
+
+// WithPoisonHandler sets the handler of poison entries (see Poison), which
+// otherwise go to Run's handler. With WithPoisonPolicy(PoisonDeadLetter)
+// they never reach Run.
+func WithPoisonHandler(h Handler) RunOption {
+	return runOptionFunc(func(o *runOptions) { o.poison = h })
+}
+
+// WithAbort gives Run a second context: when it ends, the handlers'
+// contexts are cancelled at once, instead of after maxProcessingTime.
+// NotifyShutdown makes the pair from a first and a second signal.
+func WithAbort(abort context.Context) RunOption {
+	return runOptionFunc(func(o *runOptions) { o.abort = abort })
+}
+
+// Run hands every message of the partitions the consumer owns to h, until
+// ctx ends. Partitions are processed concurrently, each partition's
+// messages in stream order, one after the other (or per key, with
+// WithKeyConcurrency). A message is acknowledged when h returns nil and
+// retried with backoff while h fails; with WithMaxDeliveries it goes to the
+// dead letters once delivered more than that many times.
+//
+// When ctx ends, Run stops fetching, lets the handlers in flight finish (for
+// at most maxProcessingTime, or until WithAbort's context ends; their
+// context is then cancelled), hands the messages it had not started back
+// (Nack) and returns nil. Call Shutdown afterwards to hand the partitions
+// over. Run returns ErrClosed when the consumer is shut down. Run and Read
+// must not be used at the same time.
+func (c *Consumer) Run(ctx context.Context, h Handler, opts ...RunOption) error {
+	o := runOptions{backoffMin: 100 * time.Millisecond, backoffMax: 10 * time.Second}
+	for _, opt := range opts {
+		opt.applyRun(&o)
+	}
+	var errs []error
+	if h == nil {
+		errs = append(errs, invalid("nil Handler"))
+	}
+	if o.backoffMin <= 0 || o.backoffMax < o.backoffMin {
+		errs = append(errs, invalid("retry backoff %v to %v: want 0 < initial <= max", o.backoffMin, o.backoffMax))
+	}
+	if o.keyConcurrency < 0 {
+		errs = append(errs, invalid("key concurrency %d is negative", o.keyConcurrency))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if !c.readMu.TryLock() {
+		return invalid("Run or Read already running on this consumer")
+	}
+	defer c.readMu.Unlock()
+	r := &runner{
+		c:     c,
+		h:     h,
+		o:     o,
+		stop:  ctx,
+		idle:  make(chan struct{}, 1),
+		data:  make(chan struct{}, 1),
+		parts: make(map[int]*runPart),
+	}
+	r.abort, r.cancelAbort = context.WithCancel(context.WithoutCancel(ctx))
+	if o.abort != nil {
+		defer context.AfterFunc(o.abort, r.cancelAbort)()
+	}
+	defer r.cancelAbort()
+	return r.run()
+}
+
+// runner is one Run: a dispatcher (the calling goroutine) and partition
+// workers.
+type runner struct {
+	c    *Consumer
+	h    Handler
+	o    runOptions
+	stop context.Context // Run's ctx: when done, fetch nothing, start nothing
+
+	abort       context.Context // cancels every handler
+	cancelAbort context.CancelFunc
+
+	idle chan struct{} // a partition has room again
+	data chan struct{} // the waiter saw new messages
+	wg   sync.WaitGroup
+	// waiter is true while a goroutine blocks in XREAD for new messages.
+	waiter   atomic.Bool
+	waiterWG sync.WaitGroup
+
+	mu    sync.Mutex
+	parts map[int]*runPart
+}
+
+// runPart is Run's state of one partition under one epoch.
+type runPart struct {
+	p        int
+	epoch    int64
+	ctx      context.Context // the partition's: cancelled on revoke, loss, shutdown
+	inflight int             // handed to workers, not finished
+	keys     map[string][]*contracts.CMessage
+	acks     []*contracts.CMessage // per-key mode: handled, to ack
+}
+
+func (r *runner) run() error {
+	defer r.finish()
+	c := r.c
+	lastTouch := time.Now()
+	touchEvery := c.maxProc / 3
+	for r.stop.Err() == nil {
+		if time.Since(lastTouch) >= touchEvery {
+			c.touchInflight(r.stop, touchEvery)
+			lastTouch = time.Now()
+		}
+		msgs, tops, err := c.fetchRound(r.stop, r.limit)
+		var pe *PartitionError
+		switch {
+		case errors.Is(err, ErrClosed):
+			return ErrClosed
+		case err != nil && r.stop.Err() != nil:
+			return nil
+		case errors.As(err, &pe) && (errors.Is(err, ErrFenced) || errors.Is(err, ErrGroupNotFound)):
+			continue // the partition is dropped and its handlers cancelled
+		case err != nil:
+			c.seg.reportError(err)
+			r.sleep(c.seg.cfg.BlockInterval)
+			continue
+		}
+		if len(msgs) > 0 {
+			r.dispatch(msgs)
+			continue
+		}
+		r.wait(tops, min(c.seg.cfg.BlockInterval, touchEvery))
+	}
+	return nil
+}
+
+// limit is how many messages partition p may be fetched now.
+func (r *runner) limit(p int) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rp := r.parts[p]
+	inflight := 0
+	if rp != nil && rp.ctx.Err() == nil {
+		inflight = rp.inflight
+	}
+	if r.o.keyConcurrency == 0 {
+		if inflight > 0 {
+			return 0
+		}
+		return r.c.batch
+	}
+	return r.o.keyConcurrency - inflight
+}
+
+// wait blocks until a partition has room, new messages may have come, the
+// consumer's partitions changed, d passed, or Run's ctx ended.
+func (r *runner) wait(tops map[int]string, d time.Duration) {
+	c := r.c
+	c.mu.Lock()
+	changed := c.changed
+	c.mu.Unlock()
+	_, cluster := c.seg.rdb.(*redis.ClusterClient)
+	if len(tops) > 0 && !cluster && r.waiter.CompareAndSwap(false, true) {
+		streams := make([]string, 0, 2*len(tops))
+		ids := make([]string, 0, len(tops))
+		for p, id := range tops {
+			streams = append(streams, c.stream.keys[p])
+			ids = append(ids, id)
+		}
+		streams = append(streams, ids...)
+		r.waiterWG.Add(1)
+		go func() {
+			defer r.waiterWG.Done()
+			// A read-only wait: it changes nothing, so it needs no fence.
+			err := c.seg.rdb.XRead(r.abort, &redis.XReadArgs{Streams: streams, Count: 1, Block: d}).Err()
+			r.waiter.Store(false)
+			if err == nil {
+				select {
+				case r.data <- struct{}{}:
+				default:
+				}
+			}
+		}()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-r.stop.Done():
+	case <-r.idle:
+	case <-r.data:
+	case <-changed:
+	case <-t.C:
+	}
+}
+
+func (r *runner) sleep(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-r.stop.Done():
+	case <-t.C:
+	}
+}
+
+// dispatch hands fetched messages to the partition workers.
+func (r *runner) dispatch(msgs []*contracts.CMessage) {
+	byPart := make(map[int][]*contracts.CMessage)
+	var order []int
+	for _, m := range msgs {
+		p := int(m.Partition)
+		if _, ok := byPart[p]; !ok {
+			order = append(order, p)
+		}
+		byPart[p] = append(byPart[p], m)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range order {
+		ms := byPart[p]
+		rp := r.parts[p]
+		if rp == nil || rp.epoch != ms[0].Epoch {
+			rp = &runPart{p: p, epoch: ms[0].Epoch, ctx: r.c.partitionContext(p, ms[0].Epoch), keys: make(map[string][]*contracts.CMessage)}
+			r.parts[p] = rp
+		}
+		rp.inflight += len(ms)
+		if r.o.keyConcurrency == 0 {
+			r.wg.Add(1)
+			go r.runSequential(rp, ms)
+			continue
+		}
+		for _, m := range ms {
+			q, running := rp.keys[m.PartitionKey]
+			rp.keys[m.PartitionKey] = append(q, m)
+			if !running {
+				r.wg.Add(1)
+				go r.runKey(rp, m.PartitionKey)
+			}
+		}
+	}
+}
+
+// handlerContext is the context of rp's handlers: the values of Run's ctx,
+// cancelled with the partition or by the abort.
+func (r *runner) handlerContext(rp *runPart) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.stop))
+	stop1 := context.AfterFunc(rp.ctx, cancel)
+	stop2 := context.AfterFunc(r.abort, cancel)
+	return ctx, func() { stop1(); stop2(); cancel() }
+}
+
+// runSequential handles one partition's batch, message after message.
+func (r *runner) runSequential(rp *runPart, ms []*contracts.CMessage) {
+	defer r.wg.Done()
+	hctx, cancel := r.handlerContext(rp)
+	defer cancel()
+	var acks []*contracts.CMessage
+	done := len(ms)
+	for i, m := range ms {
+		if !r.handle(hctx, rp, m, &acks) {
+			_ = r.c.Nack(ms[i:]...)
+			break
+		}
+	}
+	r.ack(acks)
+	r.finished(rp, done)
+}
+
+// runKey handles the queued messages of one key of a partition, in order.
+func (r *runner) runKey(rp *runPart, key string) {
+	defer r.wg.Done()
+	hctx, cancel := r.handlerContext(rp)
+	defer cancel()
+	for {
+		r.mu.Lock()
+		q := rp.keys[key]
+		if len(q) == 0 {
+			delete(rp.keys, key)
+			acks := rp.acks
+			rp.acks = nil
+			r.mu.Unlock()
+			r.ack(acks)
+			return
+		}
+		m := q[0]
+		r.mu.Unlock()
+
+		var acks []*contracts.CMessage
+		ok := r.handle(hctx, rp, m, &acks)
+
+		r.mu.Lock()
+		if !ok {
+			rest := rp.keys[key]
+			delete(rp.keys, key)
+			pending := rp.acks
+			rp.acks = nil
+			r.mu.Unlock()
+			r.ack(pending)
+			_ = r.c.Nack(rest...)
+			r.finished(rp, len(rest))
+			return
+		}
+		rp.keys[key] = rp.keys[key][1:]
+		rp.acks = append(rp.acks, acks...)
+		var flush []*contracts.CMessage
+		if len(rp.acks) >= 64 {
+			flush, rp.acks = rp.acks, nil
+		}
+		r.mu.Unlock()
+		r.ack(flush)
+		r.finished(rp, 1)
+	}
+}
+
+// finished records n messages of rp done and wakes the dispatcher.
+func (r *runner) finished(rp *runPart, n int) {
+	r.mu.Lock()
+	rp.inflight -= n
+	r.mu.Unlock()
+	select {
+	case r.idle <- struct{}{}:
+	default:
+	}
+}
+
+// handle runs the handler on m until it succeeds (m is added to acks), m is
+// dead-lettered, or handling must stop (false: hand m back).
+func (r *runner) handle(ctx context.Context, rp *runPart, m *contracts.CMessage, acks *[]*contracts.CMessage) bool {
+	h := r.h
+	if m.PoisonReason != "" && r.o.poison != nil {
+		h = r.o.poison
+	}
+	var lastErr error
+	for attempt := 1; ; attempt++ {
+		if max := r.c.opts.maxDeliveries; max > 0 && int(m.DeliveryCount)+attempt-1 > max {
+			return r.deadLetter(ctx, m, attempt-1, lastErr, acks)
+		}
+		if ctx.Err() != nil || r.stop.Err() != nil {
+			return false
+		}
+		err := r.call(ctx, h, m, attempt)
+		if err == nil {
+			*acks = append(*acks, m)
+			return true
+		}
+		lastErr = err
+		r.c.log.Warn("handler failed", "partition", m.Partition, "id", m.Id, "attempt", attempt, "err", err)
+		r.ack(*acks) // progress made so far is not redone after a crash
+		*acks = (*acks)[:0]
+		if !r.backoff(ctx, attempt) {
+			return false
+		}
+	}
+}
+
+// deadLetter moves m to the dead letters, retrying while the move fails.
+func (r *runner) deadLetter(ctx context.Context, m *contracts.CMessage, attempts int, lastErr error, acks *[]*contracts.CMessage) bool {
+	// Run's retries count as deliveries.
+	m.DeliveryCount += uint32(max(attempts-1, 0))
+	reason := fmt.Sprintf("delivered %d times (MaxDeliveries %d)", m.DeliveryCount, r.c.opts.maxDeliveries)
+	if lastErr != nil {
+		reason += ": " + lastErr.Error()
+	}
+	r.ack(*acks)
+	*acks = (*acks)[:0]
+	for attempt := 1; ; attempt++ {
+		err := r.c.DeadLetter(context.WithoutCancel(ctx), reason, m)
+		if err == nil {
+			return true
+		}
+		if errors.Is(err, ErrFenced) || errors.Is(err, ErrClosed) {
+			return false
+		}
+		r.c.seg.reportError(err)
+		if !r.backoff(ctx, attempt) {
+			return false
+		}
+	}
+}
+
+// backoff waits before retry number attempt; false when handling must stop.
+func (r *runner) backoff(ctx context.Context, attempt int) bool {
+	d := r.o.backoffMin << min(attempt-1, 30)
+	if d <= 0 || d > r.o.backoffMax {
+		d = r.o.backoffMax
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-r.stop.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// call runs the handler once, with the handler hooks; a panic is an error.
+func (r *runner) call(ctx context.Context, h Handler, m *contracts.CMessage, attempt int) (err error) {
+	c := r.c
+	ev := HandlerEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Message: m, Attempt: attempt, Start: time.Now()}
+	for _, hk := range c.hooks.handler {
+		hk.OnHandlerStart(ev)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("segmenter: handler panicked: %v", p)
+			c.log.Error("handler panicked", "partition", m.Partition, "id", m.Id, "panic", p, "stack", string(debug.Stack()))
+		}
+		if len(c.hooks.handler) > 0 {
+			ev.End, ev.Err = time.Now(), err
+			for _, hk := range c.hooks.handler {
+				hk.OnHandlerEnd(ev)
+			}
+		}
+	}()
+	return h(ctx, m)
+}
+
+// ack acknowledges handled messages; a failure leaves them to redelivery.
+func (r *runner) ack(msgs []*contracts.CMessage) {
+	if len(msgs) == 0 {
+		return
+	}
+	err := r.c.Ack(context.WithoutCancel(r.stop), msgs...)
+	if err != nil && !errors.Is(err, ErrFenced) && !errors.Is(err, ErrClosed) {
+		r.c.seg.reportError(err)
+	}
+}
+
+// finish waits for the workers: the handlers in flight finish within
+// maxProcessingTime, then their context is cancelled.
+func (r *runner) finish() {
+	done := make(chan struct{})
+	go func() {
+		r.wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(r.c.maxProc)
+	select {
+	case <-done:
+	case <-t.C:
+		r.c.log.Warn("handlers still running after maxProcessingTime: cancelling them")
+		r.cancelAbort()
+		<-done
+	case <-r.abort.Done():
+		<-done
+	}
+	t.Stop()
+	r.cancelAbort()
+	r.waiterWG.Wait()
+}
+
+// partitionContext returns the context of partition p under epoch, or a
+// cancelled one when the consumer no longer holds it.
+func (c *Consumer) partitionContext(p int, epoch int64) context.Context {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if op, ok := c.parts[p]; ok && op.epoch == epoch && !op.revoking {
+		return op.ctx
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}
+
+// touchInflight resets, in Redis, the idle time of delivered messages that
+// have been in flight for olderThan or more, so that they do not come due
+// for redelivery while they are still being handled.
+func (c *Consumer) touchInflight(ctx context.Context, olderThan time.Duration) {
+	now := time.Now()
+	c.mu.Lock()
+	var reqs []rebalance.AckRequest
+	var parts []int
+	for p, op := range c.parts {
+		if op.revoking {
+			continue
+		}
+		var ids []string
+		for id, at := range op.inflight {
+			if now.Sub(at) >= olderThan {
+				ids = append(ids, id)
+			}
+		}
+		if len(ids) > 0 {
+			reqs = append(reqs, rebalance.AckRequest{LeaseKey: c.leaseKeys[p], StreamKey: c.stream.keys[p], Epoch: op.epoch, IDs: ids})
+			parts = append(parts, p)
+		}
+	}
+	c.mu.Unlock()
+	if len(reqs) == 0 {
+		return
+	}
+	res := rebalance.Touch(ctx, c.seg.rdb, c.id, c.group, reqs)
+	defer c.flushEvents()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, x := range res {
+		op, ok := c.parts[parts[i]]
+		if !ok || op.epoch != reqs[i].Epoch {
+			continue
+		}
+		switch {
+		case x.Fenced:
+			c.dropLocked(parts[i], ErrFenced, true)
+		case x.Err == nil:
+			for _, id := range reqs[i].IDs {
+				if _, ok := op.inflight[id]; ok {
+					op.inflight[id] = now
+				}
+			}
+		}
+	}
+}
+
+// NotifyShutdown returns two contexts for a graceful stop: graceful ends at
+// the first of the signals (stop fetching, let handlers finish), abort at
+// the second (cancel the handlers: pass it to Run with WithAbort). stop
+// releases the signals; call it when done. With no signals it listens for
+// os.Interrupt.
+func NotifyShutdown(parent context.Context, signals ...os.Signal) (graceful, abort context.Context, stop func()) {
+	if len(signals) == 0 {
+		signals = []os.Signal{os.Interrupt}
+	}
+	graceful, cancelGraceful := context.WithCancel(parent)
+	abort, cancelAbort := context.WithCancel(parent)
+	ch := make(chan os.Signal, 2)
+	signal.Notify(ch, signals...)
+	quit := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for n := 0; n < 2; {
+			select {
+			case <-ch:
+				n++
+				if n == 1 {
+					cancelGraceful()
+				} else {
+					cancelAbort()
+				}
+			case <-quit:
+				return
+			}
+		}
+	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			signal.Stop(ch)
+			close(quit)
+			wg.Wait()
+			cancelGraceful()
+			cancelAbort()
+		})
+	}
+	return graceful, abort, stop
+}
