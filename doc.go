@@ -6,9 +6,11 @@
 // stream of P partitions (each a Redis stream); Stream.Send hashes a
 // message's partition key to a partition (Kafka's murmur2 by default, so a
 // key lands on the partition number Kafka would pick). RegisterConsumer
-// joins a consumer group; Consumer.Read returns batches from the partitions
-// the consumer holds, Consumer.Ack acknowledges them, Consumer.Shutdown hands
-// the partitions over.
+// joins a consumer group: the group's partitions are spread over its live
+// consumers (balanced and sticky; moved cooperatively when consumers join,
+// leave or die). Consumer.Run hands every message to a handler, partitions
+// in parallel and each partition in order; Consumer.Read and Consumer.Ack are
+// the lower-level loop. Consumer.Shutdown hands the partitions over.
 //
 // # Guarantees
 //
@@ -20,6 +22,10 @@
 //     script as the read, claim or ack, against the lease holder and its
 //     epoch (a fencing token, in every delivered message). A consumer that
 //     lost a lease gets ErrFenced and drops the partition.
+//   - Balance: with M live consumers and P partitions each holds ⌊P/M⌋ or
+//     ⌈P/M⌉; a membership change moves the fewest partitions, and only those
+//     pause. A consumer that stops heartbeating loses its partitions after
+//     Config.SessionTimeout.
 //   - At least once: a message not acked within maxProcessingTime is
 //     delivered again with its delivery count; the pending messages of a
 //     consumer that crashed go, oldest first, to the partition's next owner.
@@ -33,8 +39,11 @@
 //     a rollback because every grant takes an epoch no lower than the server's
 //     clock in microseconds.
 //   - Retention (the stream's maximum length per partition) is the only way a
-//     message disappears unprocessed; when a pending message is trimmed the
-//     consumer counts it in Stats().Trimmed and logs it.
+//     message disappears unprocessed; the consumer counts such messages in
+//     Stats().Trimmed and Stats().TrimmedUnread and logs them.
+//     RetentionAcked never trims a message some group has not acked.
+//   - Dead letters (WithMaxDeliveries, PoisonDeadLetter, Consumer.DeadLetter)
+//     leave the stream and its order; RedriveDeadLetters appends them again.
 //   - Poison entries (written to a partition by another tool) are delivered
 //     in order; Poison reports them.
 //   - On Redis Cluster every script touches one hash slot; Read's wait for new

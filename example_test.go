@@ -118,3 +118,44 @@ func ExamplePoison() {
 	fmt.Println(errors.Is(err, segmenter.ErrPoison))
 	// Output: true
 }
+
+// Run hands each message to a handler: partitions in parallel, each
+// partition's messages in order; nil acks, an error retries.
+func ExampleConsumer_Run() {
+	ctx := context.Background()
+	seg, err := segmenter.NewSegmenter(&segmenter.Config{RedisURL: os.Getenv("REDIS_URL"), Namespace: exampleNamespace()})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer seg.Close(ctx)
+	st, err := seg.RegisterStream(ctx, "orders", 4, 0)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, step := range []string{"created", "paid", "shipped"} {
+		if _, err := st.Send(ctx, &contracts.PMessage{PartitionKey: "order-7", Data: []byte(step)}); err != nil {
+			log.Fatal(err)
+		}
+	}
+	c, err := seg.RegisterConsumer(ctx, "orders", "shipping", 100, 30*time.Second)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Shutdown(ctx)
+
+	runCtx, stop := context.WithCancel(ctx)
+	handled := 0
+	err = c.Run(runCtx, func(ctx context.Context, m *contracts.CMessage) error {
+		fmt.Printf("%s: %s\n", m.PartitionKey, m.Data)
+		if handled++; handled == 3 {
+			stop() // Run returns once this handler is done
+		}
+		return nil
+	})
+	fmt.Println("Run returned", err)
+	// Output:
+	// order-7: created
+	// order-7: paid
+	// order-7: shipped
+	// Run returned <nil>
+}

@@ -279,14 +279,19 @@ func TestRetentionMaxLenCountsMessagesTrimmedBeforeTheGroupReadThem(t *testing.T
 	if err := fast.CheckRetention(ctx); err != nil || fast.Stats().TrimmedUnread != 0 {
 		t.Fatalf("the fast group lost nothing: TrimmedUnread %d, %v", fast.Stats().TrimmedUnread, err)
 	}
+	// The background check may have reported part of the loss while the
+	// messages were being sent: the logged losses add up, each counted once.
 	recs := logs.records(t, "trimmed by retention before the group read them")
-	if len(recs) != 1 {
-		t.Fatalf("%d loss logs, want 1", len(recs))
+	var logged float64
+	for _, r := range recs {
+		if r["level"] != "ERROR" || r["stream"] != "s" || r["group"] != "slow" || r["partition"] != 0.0 ||
+			r["last_delivered_id"] == "" || r["max_deleted_id"] == nil {
+			t.Fatalf("loss log %v", r)
+		}
+		logged += r["lost"].(float64)
 	}
-	r := recs[0]
-	if r["level"] != "ERROR" || r["stream"] != "s" || r["group"] != "slow" || r["partition"] != 0.0 ||
-		r["lost"] != float64(trimmed-first) || r["last_delivered_id"] == "" || r["max_deleted_id"] == nil {
-		t.Fatalf("loss log %v", r)
+	if len(recs) == 0 || logged != float64(trimmed-first) {
+		t.Fatalf("%d loss logs adding up to %v, want %d", len(recs), logged, trimmed-first)
 	}
 
 	// Reported once per group: another consumer of the slow group (after a
