@@ -159,6 +159,7 @@ type Consumer struct {
 	readMu     sync.Mutex    // one Read at a time
 	listenerMu sync.Mutex    // serializes listener calls
 	wake       chan struct{} // asks the background loop for a tick now
+	newEntries chan struct{} // the waiter saw new entries (or failed)
 
 	mu       sync.Mutex
 	parts    map[int]*ownedPartition
@@ -170,6 +171,7 @@ type Consumer struct {
 	changed  chan struct{}    // closed and replaced when ownership changes
 	rotate   int
 	closing  bool
+	waiting  bool // a waitForEntries goroutine is running
 	fetchSeq uint64
 
 	stats     stats
@@ -277,23 +279,24 @@ func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, 
 	}
 
 	c := &Consumer{
-		seg:      s,
-		stream:   st,
-		group:    group,
-		id:       o.name,
-		batch:    batchSize,
-		maxProc:  maxProcessingTime,
-		log:      s.log.With("stream", stream, "group", group, "consumer", o.name),
-		parts:    make(map[int]*ownedPartition),
-		broken:   make(map[int]bool),
-		gen:      -1,
-		assigned: map[int]bool{},
-		listener: o.listener,
-		hooks:    newHooks(append(append([]Hook(nil), s.cfg.Hooks...), o.hooks...)),
-		opts:     o,
-		wake:     make(chan struct{}, 1),
-		changed:  make(chan struct{}),
-		done:     make(chan struct{}),
+		seg:        s,
+		stream:     st,
+		group:      group,
+		id:         o.name,
+		batch:      batchSize,
+		maxProc:    maxProcessingTime,
+		log:        s.log.With("stream", stream, "group", group, "consumer", o.name),
+		parts:      make(map[int]*ownedPartition),
+		broken:     make(map[int]bool),
+		gen:        -1,
+		assigned:   map[int]bool{},
+		listener:   o.listener,
+		hooks:      newHooks(append(append([]Hook(nil), s.cfg.Hooks...), o.hooks...)),
+		opts:       o,
+		wake:       make(chan struct{}, 1),
+		newEntries: make(chan struct{}, 1),
+		changed:    make(chan struct{}),
+		done:       make(chan struct{}),
 	}
 	c.leaseKeys = make([]string, st.Partitions())
 	for i := range c.leaseKeys {
@@ -314,6 +317,7 @@ func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, 
 	s.consumers[c] = struct{}{}
 	s.mu.Unlock()
 
+	s.notify.add(ctx, c)
 	// Join: heartbeat, rebalance, learn the assignment, acquire what is
 	// free, so that a lone consumer owns its partitions before its first Read.
 	for i := 0; i < 3 && c.tick(ctx); i++ {
@@ -569,6 +573,7 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 		switch {
 		case err == nil:
 			c.log.Info("group rebalanced", "generation", gen, "moved", moved)
+			c.seg.notify.publish(ctx, c)
 			urgent = true
 		case errors.Is(err, rebalance.ErrCoordinatorBusy), errors.Is(err, rebalance.ErrGenerationChanged):
 			urgent = true // another member is at it: learn the result soon
@@ -600,6 +605,7 @@ func (c *Consumer) drainedLocked(op *ownedPartition, now time.Time) bool {
 // releasePartitions releases the leases of parts and forgets them.
 func (c *Consumer) releasePartitions(ctx context.Context, parts []int, held []rebalance.Held) {
 	res := rebalance.Release(ctx, c.seg.rdb, c.id, held)
+	defer c.seg.notify.publish(ctx, c) // the next owners take them now
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i, r := range res {
@@ -705,7 +711,7 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 		if remaining <= 0 {
 			return nil, nil
 		}
-		if err := c.wait(ctx, min(remaining, c.seg.cfg.BlockInterval), tops); err != nil {
+		if err := c.wait(ctx, min(remaining, c.seg.cfg.BlockInterval), tops, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -938,49 +944,63 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 }
 
 // wait blocks up to d for something to read: a new entry in a partition
-// found empty (a read-only XREAD BLOCK, which changes no state and so needs
-// no fence), a change of ownership, or a delivered message coming due for
-// redelivery.
-func (c *Consumer) wait(ctx context.Context, d time.Duration, tops map[int]string) error {
+// found empty, a change of ownership, a delivered message coming due for
+// redelivery, a signal on extra, or the end of ctx. The wait for new entries
+// is a read-only XREAD BLOCK (it changes no state, so it needs no fence) run
+// by one waiter goroutine the consumer owns, so that the caller can stop
+// waiting at once for any of the other reasons.
+func (c *Consumer) wait(ctx context.Context, d time.Duration, tops map[int]string, extra <-chan struct{}) error {
 	c.mu.Lock()
 	changed := c.changed
 	if due, ok := c.nextDueLocked(); ok {
 		d = min(d, max(time.Until(due), 5*time.Millisecond))
 	}
+	_, cluster := c.seg.rdb.(*redis.ClusterClient)
+	if len(tops) > 0 && cluster {
+		// One XREAD cannot span slots: poll.
+		d = min(d, 50*time.Millisecond)
+	} else if len(tops) > 0 && d >= time.Millisecond && !c.closing && !c.waiting {
+		c.waiting = true
+		c.wg.Add(1)
+		go c.waitForEntries(tops, d)
+	}
 	c.mu.Unlock()
 
-	_, cluster := c.seg.rdb.(*redis.ClusterClient)
-	if len(tops) > 0 && !cluster && d >= time.Millisecond {
-		streams := make([]string, 0, 2*len(tops))
-		ids := make([]string, 0, len(tops))
-		for p, id := range tops {
-			streams = append(streams, c.stream.keys[p])
-			ids = append(ids, id)
-		}
-		streams = append(streams, ids...)
-		err := c.seg.rdb.XRead(ctx, &redis.XReadArgs{Streams: streams, Count: 1, Block: d}).Err()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("segmenter: wait for messages on stream %q: %w", c.stream.name, err)
-		}
-		return nil
-	}
-	// Nothing to block on in Redis (no partition owned yet, or a cluster,
-	// where one XREAD cannot span slots): wait for a change or the timeout.
-	if cluster && len(tops) > 0 {
-		d = min(d, 50*time.Millisecond)
-	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-changed:
+	case <-c.newEntries:
+	case <-extra:
 	case <-t.C:
 	}
 	return nil
+}
+
+// waitForEntries blocks in Redis until an entry newer than tops[p] comes to
+// one of the partitions, or d passes, then signals newEntries. A failed call
+// signals too: the next fetch reports the error.
+func (c *Consumer) waitForEntries(tops map[int]string, d time.Duration) {
+	defer c.wg.Done()
+	streams := make([]string, 0, 2*len(tops))
+	ids := make([]string, 0, len(tops))
+	for p, id := range tops {
+		streams = append(streams, c.stream.keys[p])
+		ids = append(ids, id)
+	}
+	streams = append(streams, ids...)
+	err := c.seg.rdb.XRead(c.ctx, &redis.XReadArgs{Streams: streams, Count: 1, Block: d}).Err()
+	c.mu.Lock()
+	c.waiting = false
+	c.mu.Unlock()
+	if !errors.Is(err, redis.Nil) {
+		select {
+		case c.newEntries <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // nextDueLocked returns when the oldest delivered, unacked message comes due
@@ -1141,6 +1161,7 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 		c.notifyLocked()
 		c.mu.Unlock()
 		c.shutdownErr = c.leave(ctx)
+		c.seg.notify.remove(c)
 		c.seg.mu.Lock()
 		delete(c.seg.consumers, c)
 		c.seg.mu.Unlock()
@@ -1169,6 +1190,7 @@ func (c *Consumer) leave(ctx context.Context) error {
 			// The others rebalance on their next heartbeat anyway.
 			c.log.Warn("rebalance on leave", "err", err)
 		}
+		c.seg.notify.publish(ctx, c)
 	}
 	// The background loop, still renewing, releases each partition once
 	// drained.

@@ -8,10 +8,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/segmenter/segmenter/contracts"
 	"github.com/segmenter/segmenter/rebalance"
@@ -109,7 +106,6 @@ func (c *Consumer) Run(ctx context.Context, h Handler, opts ...RunOption) error 
 		o:     o,
 		stop:  ctx,
 		idle:  make(chan struct{}, 1),
-		data:  make(chan struct{}, 1),
 		parts: make(map[int]*runPart),
 	}
 	r.abort, r.cancelAbort = context.WithCancel(context.WithoutCancel(ctx))
@@ -132,11 +128,7 @@ type runner struct {
 	cancelAbort context.CancelFunc
 
 	idle chan struct{} // a partition has room again
-	data chan struct{} // the waiter saw new messages
 	wg   sync.WaitGroup
-	// waiter is true while a goroutine blocks in XREAD for new messages.
-	waiter   atomic.Bool
-	waiterWG sync.WaitGroup
 
 	mu    sync.Mutex
 	parts map[int]*runPart
@@ -180,7 +172,7 @@ func (r *runner) run() error {
 			r.dispatch(msgs)
 			continue
 		}
-		r.wait(tops, min(c.seg.cfg.BlockInterval, touchEvery))
+		_ = c.wait(r.stop, min(c.seg.cfg.BlockInterval, touchEvery), tops, r.idle)
 	}
 	return nil
 }
@@ -201,47 +193,6 @@ func (r *runner) limit(p int) int {
 		return r.c.batch
 	}
 	return r.o.keyConcurrency - inflight
-}
-
-// wait blocks until a partition has room, new messages may have come, the
-// consumer's partitions changed, d passed, or Run's ctx ended.
-func (r *runner) wait(tops map[int]string, d time.Duration) {
-	c := r.c
-	c.mu.Lock()
-	changed := c.changed
-	c.mu.Unlock()
-	_, cluster := c.seg.rdb.(*redis.ClusterClient)
-	if len(tops) > 0 && !cluster && r.waiter.CompareAndSwap(false, true) {
-		streams := make([]string, 0, 2*len(tops))
-		ids := make([]string, 0, len(tops))
-		for p, id := range tops {
-			streams = append(streams, c.stream.keys[p])
-			ids = append(ids, id)
-		}
-		streams = append(streams, ids...)
-		r.waiterWG.Add(1)
-		go func() {
-			defer r.waiterWG.Done()
-			// A read-only wait: it changes nothing, so it needs no fence.
-			err := c.seg.rdb.XRead(r.abort, &redis.XReadArgs{Streams: streams, Count: 1, Block: d}).Err()
-			r.waiter.Store(false)
-			if err == nil {
-				select {
-				case r.data <- struct{}{}:
-				default:
-				}
-			}
-		}()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-r.stop.Done():
-	case <-r.idle:
-	case <-r.data:
-	case <-changed:
-	case <-t.C:
-	}
 }
 
 func (r *runner) sleep(d time.Duration) {
@@ -499,7 +450,6 @@ func (r *runner) finish() {
 	}
 	t.Stop()
 	r.cancelAbort()
-	r.waiterWG.Wait()
 }
 
 // partitionContext returns the context of partition p under epoch, or a

@@ -123,6 +123,7 @@ type Segmenter struct {
 	mu        sync.Mutex
 	closed    bool
 	consumers map[*Consumer]struct{}
+	notify    notifier
 }
 
 // NewSegmenter validates cfg, connects (when given a URL) and returns a
@@ -142,6 +143,7 @@ func NewSegmenter(cfg *Config) (*Segmenter, error) {
 		log:       c.Logger.With("namespace", c.Namespace),
 		consumers: make(map[*Consumer]struct{}),
 	}
+	s.notify.seg = s
 	if s.rdb == nil {
 		opt, err := redis.ParseURL(c.RedisURL)
 		if err != nil {
@@ -180,6 +182,7 @@ func (s *Segmenter) Close(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	s.notify.close()
 	if s.ownClient {
 		errs = append(errs, s.rdb.Close())
 	}

@@ -13,6 +13,7 @@
 //	seg:{N:S:G}:members             zset   members of group G, scored by session expiry (ms, server time)
 //	seg:{N:S:G}:assign              hash   the group's assignment: gen, and member -> partitions
 //	seg:{N:S:G}:coord               string the group's coordinator lock (owner token, with a TTL)
+//	seg:{N:S:G}:notify              Pub/Sub channel: "a new assignment, or a released lease" (a nudge only)
 //
 // The braces are Redis Cluster hash tags: a partition's stream, the leases of
 // every group on it and those groups' dead letters from it share one slot,
@@ -62,6 +63,11 @@ func (s Space) Assignment(stream, group string) string { return s.groupTag(strea
 
 // Coordinator is the coordinator lock of group on stream.
 func (s Space) Coordinator(stream, group string) string { return s.groupTag(stream, group) + ":coord" }
+
+// Notify is the Pub/Sub channel that nudges the members of group on stream
+// to look at the assignment and the leases now, rather than at their next
+// heartbeat.
+func (s Space) Notify(stream, group string) string { return s.groupTag(stream, group) + ":notify" }
 
 // DeadLetters is the stream of group's dead letters from partition p of
 // stream. It shares the partition's slot, so moving a message there is one
