@@ -358,3 +358,34 @@ func TestTouchKeepsMessagesFromComingDue(t *testing.T) {
 		t.Fatalf("touch with a stale epoch: %+v", r)
 	}
 }
+
+func TestTakeoverRemovesDepartedConsumersOnceTheirPendingIsClaimed(t *testing.T) {
+	f := newFixture(t)
+	f.add(t, 3)
+	a := f.acquire(t, "A", time.Minute)
+	f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 3}, time.Hour)
+	if err := f.rdb.HSet(f.ctx, f.lease, "x", "0").Err(); err != nil { // A vanished
+		t.Fatal(err)
+	}
+	b := f.acquire(t, "B", time.Minute)
+	consumers := func() map[string]int64 {
+		cs, err := f.rdb.XInfoConsumers(f.ctx, f.stream, f.group).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]int64{}
+		for _, c := range cs {
+			out[c.Name] = c.Pending
+		}
+		return out
+	}
+	// A partial claim leaves A's entry: it still holds a pending message.
+	r := f.fetch(t, "B", b.Epoch, rebalance.FetchRequest{Count: 2, Cursor: "0-0"}, time.Hour)
+	if cs := consumers(); cs["A"] != 1 {
+		t.Fatalf("after a partial claim: %v", cs)
+	}
+	f.fetch(t, "B", b.Epoch, rebalance.FetchRequest{Count: 2, Cursor: r.NextCursor, CursorIdle: r.NextCursorIdle}, time.Hour)
+	if cs := consumers(); len(cs) != 1 || cs["B"] != 3 {
+		t.Fatalf("after the whole pending list was claimed: %v, want only B with 3", cs)
+	}
+}

@@ -84,6 +84,18 @@ if cursor ~= '' then
     if cursor == '0-0' then break end
   end
   if cursor ~= '0-0' then next_cursor = cursor end
+  if next_cursor == '' and claim_idle == '0' then
+    -- The whole pending list is ours now: the entries of departed consumers
+    -- hold nothing any more and can go (deleting one first would lose its
+    -- pending messages).
+    for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[2], group)) do
+      local name, pending
+      for i = 1, #info, 2 do
+        if info[i] == 'name' then name = info[i + 1] elseif info[i] == 'pending' then pending = info[i + 1] end
+      end
+      if name ~= me and pending == 0 then redis.call('XGROUP', 'DELCONSUMER', KEYS[2], group, name) end
+    end
+  end
   if #entries > 0 then
     local first, last = entries[1][1], entries[#entries][1]
     local pend = redis.call('XPENDING', KEYS[2], group, first, last, #entries * 2 + 10, me)
