@@ -1,0 +1,136 @@
+package segmenter_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/segmenter/segmenter"
+	"github.com/segmenter/segmenter/contracts"
+	"github.com/segmenter/segmenter/internal/redistest"
+)
+
+// eventLog is a hook of every kind, logging the events it sees.
+type eventLog struct {
+	mu     sync.Mutex
+	kinds  []string
+	dead   []segmenter.DeadLetterEvent
+	parts  []segmenter.PartitionEvent
+	acks   []segmenter.AckEvent
+	starts int
+}
+
+func (l *eventLog) add(k string) { l.mu.Lock(); l.kinds = append(l.kinds, k); l.mu.Unlock() }
+func (l *eventLog) OnDeliver(segmenter.DeliverEvent) { l.add("deliver") }
+func (l *eventLog) OnAck(e segmenter.AckEvent) {
+	l.mu.Lock()
+	l.acks = append(l.acks, e)
+	l.mu.Unlock()
+	l.add("ack")
+}
+func (l *eventLog) OnHandlerStart(segmenter.HandlerEvent) {
+	l.mu.Lock()
+	l.starts++
+	l.mu.Unlock()
+}
+func (l *eventLog) OnHandlerEnd(segmenter.HandlerEvent) { l.add("handler") }
+func (l *eventLog) OnDeadLetter(e segmenter.DeadLetterEvent) {
+	l.mu.Lock()
+	l.dead = append(l.dead, e)
+	l.mu.Unlock()
+	l.add("dead")
+}
+func (l *eventLog) OnPartition(e segmenter.PartitionEvent) {
+	l.mu.Lock()
+	l.parts = append(l.parts, e)
+	l.mu.Unlock()
+	l.add("partition")
+}
+
+func TestHooksSeeEveryKindOfEvent(t *testing.T) {
+	ctx := context.Background()
+	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	st, err := seg.RegisterStream(ctx, "s", 2, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &eventLog{}
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithHooks(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, st, nil, msg("a", "ok"), msg("a", "doomed"))
+	msgs := drainNoAck(t, c, nil, 2)
+	if err := c.Ack(ctx, msgs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeadLetter(ctx, "test", msgs[1]); err != nil {
+		t.Fatal(err)
+	}
+	send(t, st, nil, msg("b", "run"))
+	stop := runUntil(t, c, func(context.Context, *contracts.CMessage) error { return nil })
+	redistest.Eventually(t, 10*time.Second, func() bool { return c.Stats().Acked == 2 }, "not handled")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	if len(log.dead) != 1 || log.dead[0].Reason != "test" || log.dead[0].DeadLetterID == "" || log.dead[0].Err != nil {
+		t.Fatalf("dead-letter events %+v", log.dead)
+	}
+	assigned, revoked := 0, 0
+	for _, e := range log.parts {
+		switch e.Kind {
+		case segmenter.PartitionAssigned:
+			assigned++
+		case segmenter.PartitionRevoked:
+			revoked++
+		}
+	}
+	if assigned != 2 || revoked != 2 {
+		t.Fatalf("partition events %+v: want 2 assigned, 2 revoked at Shutdown", log.parts)
+	}
+	if log.starts != 1 || len(log.acks) != 2 || log.acks[0].Outcome != segmenter.Acked || log.acks[0].End.Before(log.acks[0].Start) {
+		t.Fatalf("handler starts %d, acks %+v", log.starts, log.acks)
+	}
+	kinds := map[string]int{}
+	for _, k := range log.kinds {
+		kinds[k]++
+	}
+	if kinds["deliver"] != 2 || kinds["handler"] != 1 {
+		t.Fatalf("events %v", kinds)
+	}
+}
+
+func TestNotifyShutdownFirstSignalStopsSecondAborts(t *testing.T) {
+	graceful, abort, stop := segmenter.NotifyShutdown(context.Background(), syscall.SIGUSR1)
+	defer stop()
+	if err := syscall.Kill(syscall.Getpid(), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-graceful.Done():
+	case <-time.After(10 * time.Second): // catches a hang only
+		t.Fatal("the first signal did not end the graceful context")
+	}
+	if abort.Err() != nil {
+		t.Fatal("the first signal aborted")
+	}
+	if err := syscall.Kill(syscall.Getpid(), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-abort.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second signal did not abort")
+	}
+	if !errors.Is(abort.Err(), context.Canceled) {
+		t.Fatal(abort.Err())
+	}
+}
