@@ -23,7 +23,7 @@ type eventLog struct {
 	starts int
 }
 
-func (l *eventLog) add(k string) { l.mu.Lock(); l.kinds = append(l.kinds, k); l.mu.Unlock() }
+func (l *eventLog) add(k string)                     { l.mu.Lock(); l.kinds = append(l.kinds, k); l.mu.Unlock() }
 func (l *eventLog) OnDeliver(segmenter.DeliverEvent) { l.add("deliver") }
 func (l *eventLog) OnAck(e segmenter.AckEvent) {
 	l.mu.Lock()
