@@ -795,7 +795,10 @@ func (c *Consumer) fillBatch(ctx context.Context, msgs []*contracts.CMessage, pa
 	if err != nil || len(reqs2) == 0 {
 		return msgs
 	}
-	res2 := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, reqs2)
+	// This round starts no claim of messages due for redelivery: one that
+	// came due since the first round must not follow newer messages of its
+	// partition in this batch. It goes first in the next one.
+	res2 := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, rebalance.NeverDue, reqs2)
 	more, _, _ := c.applyFetch(parts2, reqs2, res2) // an error is kept for the next Read
 	return append(msgs, more...)
 }
@@ -877,8 +880,10 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 	for i, r := range res {
 		p := parts[i]
 		op, ok := c.parts[p]
-		if !ok || op.epoch != reqs[i].Epoch || c.closing {
-			// Dropped meanwhile: what was read stays pending for the next owner.
+		if !ok || op.epoch != reqs[i].Epoch || op.revoking || c.closing {
+			// Dropped or being handed over meanwhile (its release may be
+			// under way): what was read stays pending, and the next owner
+			// delivers it first.
 			continue
 		}
 		switch {

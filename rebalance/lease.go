@@ -157,6 +157,10 @@ type FetchResult struct {
 	TopID string
 }
 
+// NeverDue as Fetch's redeliverAfter starts no claim of messages due for
+// redelivery (a claim already in progress goes on).
+const NeverDue = time.Duration(1<<63 - 1)
+
 // Fetch runs the fenced read of every request in one round trip. Pending
 // messages idle for at least redeliverAfter are claimed and delivered, oldest
 // first, before any new message of their partition.

@@ -23,13 +23,14 @@ local cursor, claim_idle = ARGV[6], ARGV[7]
 if l[3] == ARGV[8] then cursor = '0-0'; claim_idle = '0' end
 redis.call('HSET', KEYS[1], 'r', ARGV[8])
 
--- oldest_due: is the oldest pending message of the group due for
--- redelivery? Also returns its ID.
+-- oldest_due: is a pending message of the group due for redelivery? Also
+-- returns the oldest due one's ID. (The oldest pending message may have been
+-- redelivered just now while a later one is due: look at the due ones.)
 local function oldest_due()
-  local p = redis.pcall('XPENDING', KEYS[2], group, '-', '+', 1)
+  local p = redis.pcall('XPENDING', KEYS[2], group, 'IDLE', ARGV[5], '-', '+', 1)
   if type(p) == 'table' and p.err then return nil, nil, p end
   if #p == 0 then return false end
-  return tonumber(p[1][3]) >= tonumber(ARGV[5]), p[1][1]
+  return true, p[1][1]
 end
 
 local function id_less(a, b)

@@ -1,0 +1,342 @@
+//go:build unix
+
+package e2e
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// workerOpts configures a worker process; zero fields take the defaults of
+// startWorker.
+type workerOpts struct {
+	name      string
+	group     string
+	streams   []string
+	batch     int
+	maxProc   time.Duration
+	work      time.Duration
+	session   time.Duration // -1: the SDK default
+	heartbeat time.Duration // -1: the SDK default
+	block     time.Duration
+	noAck     int // leave every noAck-th batch unacked (0: none)
+}
+
+// gotLine is a "got" line: the first delivery of a partition under an epoch.
+type gotLine struct {
+	stream    string
+	partition int
+	epoch     int64
+	at        time.Time
+}
+
+// worker is a running worker process and what it printed.
+type worker struct {
+	t       *testing.T
+	name    string
+	group   string
+	streams []string
+	logPath string // with {stream}
+	errPath string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	waitErr error // set before exited is closed
+
+	mu           sync.Mutex
+	lines        []string
+	owned        map[string][]int // by stream; nil before the first "owned"
+	ready        map[string]bool
+	got          []gotLine
+	fenced       []string
+	shutdownDone bool
+}
+
+// startWorker starts a worker process of e's namespace. It is killed (if
+// still running) when the test ends.
+func (e *env) startWorker(o workerOpts) *worker {
+	t := e.t
+	t.Helper()
+	if o.group == "" {
+		o.group = defaultGroup
+	}
+	if len(o.streams) == 0 {
+		o.streams = []string{defaultStream}
+	}
+	if o.batch == 0 {
+		o.batch = 20
+	}
+	if o.maxProc == 0 {
+		o.maxProc = 10 * time.Second
+	}
+	if o.session == 0 {
+		o.session = testSession
+	}
+	if o.heartbeat == 0 {
+		o.heartbeat = testHeartbeat
+	}
+	if o.block == 0 {
+		o.block = testBlock
+	}
+	if o.session < 0 {
+		o.session = 0
+	}
+	if o.heartbeat < 0 {
+		o.heartbeat = 0
+	}
+	if o.block < 0 {
+		o.block = 0
+	}
+	w := &worker{
+		t:       t,
+		name:    o.name,
+		group:   o.group,
+		streams: o.streams,
+		logPath: filepath.Join(e.dir, o.group+"."+o.name+".{stream}.jsonl"),
+		errPath: filepath.Join(e.dir, o.group+"."+o.name+".stderr"),
+		exited:  make(chan struct{}),
+		owned:   make(map[string][]int),
+		ready:   make(map[string]bool),
+	}
+	stderr, err := os.Create(w.errPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.cmd = exec.Command(workerBinary(t),
+		"-redis", e.info.URL,
+		"-namespace", e.ns,
+		"-stream", strings.Join(o.streams, ","),
+		"-group", o.group,
+		"-name", o.name,
+		"-log", w.logPath,
+		"-batch", strconv.Itoa(o.batch),
+		"-maxproc", o.maxProc.String(),
+		"-work", o.work.String(),
+		"-session", o.session.String(),
+		"-heartbeat", o.heartbeat.String(),
+		"-block", o.block.String(),
+		"-noack-every", strconv.Itoa(o.noAck),
+	)
+	w.cmd.Stderr = stderr
+	// A race-enabled binary sleeps 1s at exit by default: it would show in
+	// every measurement of a stop.
+	w.cmd.Env = append(os.Environ(), "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	w.cmd.SysProcAttr = workerSysProcAttr()
+	stdout, err := w.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.cmd.Start(); err != nil {
+		t.Fatalf("start worker %s: %v", o.name, err)
+	}
+	stderr.Close() // the child has its own descriptor
+	e.addWorker(w)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			w.parse(sc.Text())
+		}
+		w.waitErr = w.cmd.Wait()
+		close(w.exited)
+	}()
+	t.Cleanup(func() {
+		if !w.hasExited() {
+			_ = w.cmd.Process.Kill()
+			select {
+			case <-w.exited:
+			case <-time.After(10 * time.Second):
+				t.Errorf("worker %s (pid %d) did not die after SIGKILL", w.name, w.cmd.Process.Pid)
+			}
+		}
+		if t.Failed() {
+			t.Logf("worker %s stdout (last 40 lines):\n%s", w.name, w.tail(40))
+			t.Logf("worker %s stderr (last 4000 bytes):\n%s", w.name, w.stderrTail(4000))
+		}
+	})
+	return w
+}
+
+func (w *worker) parse(line string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lines = append(w.lines, line)
+	f := strings.Fields(line)
+	if len(f) == 0 {
+		return
+	}
+	switch f[0] {
+	case "owned":
+		if len(f) == 3 {
+			w.owned[f[1]] = parseParts(f[2])
+		}
+	case "ready":
+		if len(f) == 2 {
+			w.ready[f[1]] = true
+		}
+	case "got":
+		if len(f) == 5 {
+			p, _ := strconv.Atoi(f[2])
+			epoch, _ := strconv.ParseInt(f[3], 10, 64)
+			ns, _ := strconv.ParseInt(f[4], 10, 64)
+			w.got = append(w.got, gotLine{stream: f[1], partition: p, epoch: epoch, at: time.Unix(0, ns)})
+		}
+	case "fenced":
+		w.fenced = append(w.fenced, line)
+	case "shutdown":
+		if line == "shutdown done" {
+			w.shutdownDone = true
+		}
+	}
+}
+
+func parseParts(s string) []int {
+	out := []int{}
+	if s == "-" {
+		return out
+	}
+	for _, x := range strings.Split(s, ",") {
+		p, err := strconv.Atoi(x)
+		if err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Owned returns the partitions of stream the worker last said it holds.
+func (w *worker) Owned(stream string) []int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.owned[stream])
+}
+
+// Got returns the "got" lines so far.
+func (w *worker) Got() []gotLine {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.got)
+}
+
+// Fenced returns the "fenced" lines so far.
+func (w *worker) Fenced() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.fenced)
+}
+
+func (w *worker) tail(n int) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return strings.Join(w.lines[max(0, len(w.lines)-n):], "\n")
+}
+
+func (w *worker) stderrTail(n int) string {
+	b, err := os.ReadFile(w.errPath)
+	if err != nil {
+		return err.Error()
+	}
+	return string(b[max(0, len(b)-n):])
+}
+
+func (w *worker) hasExited() bool {
+	select {
+	case <-w.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+func (w *worker) signal(sig syscall.Signal) {
+	w.t.Helper()
+	if err := w.cmd.Process.Signal(sig); err != nil {
+		w.t.Fatalf("signal %v to worker %s: %v", sig, w.name, err)
+	}
+}
+
+// waitExit waits until the process exited and returns its exit error.
+func (w *worker) waitExit(timeout time.Duration) error {
+	w.t.Helper()
+	select {
+	case <-w.exited:
+		return w.waitErr
+	case <-time.After(timeout):
+		w.t.Fatalf("worker %s did not exit within %v; last lines:\n%s", w.name, timeout, w.tail(20))
+		return nil
+	}
+}
+
+// stop sends SIGTERM and waits for a clean exit: status 0 after "shutdown
+// done", no data race reported.
+func (w *worker) stop() {
+	w.t.Helper()
+	if w.hasExited() {
+		w.t.Fatalf("worker %s exited early: %v", w.name, w.waitErr)
+	}
+	w.signal(syscall.SIGTERM)
+	w.checkStopped(w.waitExit(30 * time.Second))
+}
+
+func (w *worker) checkStopped(err error) {
+	w.t.Helper()
+	if err != nil {
+		w.t.Fatalf("worker %s exited with %v; stderr:\n%s", w.name, err, w.stderrTail(4000))
+	}
+	w.mu.Lock()
+	done := w.shutdownDone
+	w.mu.Unlock()
+	if !done {
+		w.t.Fatalf("worker %s exited without \"shutdown done\"; last lines:\n%s", w.name, w.tail(20))
+	}
+	w.checkStderr()
+}
+
+// checkStderr fails the test on a data race or a panic in the worker.
+func (w *worker) checkStderr() {
+	w.t.Helper()
+	b, _ := os.ReadFile(w.errPath)
+	for _, bad := range []string{"WARNING: DATA RACE", "panic:", "fatal error:"} {
+		if strings.Contains(string(b), bad) {
+			w.t.Fatalf("worker %s reported %q:\n%s", w.name, bad, b)
+		}
+	}
+}
+
+// kill sends SIGKILL and waits until the process is gone.
+func (w *worker) kill() {
+	w.t.Helper()
+	w.signal(syscall.SIGKILL)
+	err := w.waitExit(10 * time.Second)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		w.t.Fatalf("worker %s after SIGKILL: %v", w.name, err)
+	}
+	w.checkStderr()
+}
+
+// stopAll stops the workers at once (SIGTERM to all, then waits), as a
+// deployment that scales to zero does.
+func stopAll(t *testing.T, ws ...*worker) {
+	t.Helper()
+	for _, w := range ws {
+		if w.hasExited() {
+			t.Fatalf("worker %s exited early: %v\n%s", w.name, w.waitErr, w.stderrTail(4000))
+		}
+		w.signal(syscall.SIGTERM)
+	}
+	for _, w := range ws {
+		w.checkStopped(w.waitExit(30 * time.Second))
+	}
+}
+
+func (w *worker) String() string { return fmt.Sprintf("%s(pid %d)", w.name, w.cmd.Process.Pid) }
