@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -196,7 +197,12 @@ type ownedPartition struct {
 	// runs after every grant and after every fetch whose reply may be lost.
 	cursor     string
 	cursorIdle time.Duration
-	topID      string               // last entry ID seen when the partition was empty
+	lastID     string // the newest entry ID seen in the partition ("" before the first fetch)
+	// quiet: the last fetch found nothing to deliver and no claim is in
+	// progress. A quiet partition is not fetched again until the waiter
+	// sees a new entry in it, a message of it comes due, or quietUntil.
+	quiet      bool
+	quietUntil time.Time
 	inflight   map[string]time.Time // delivered, not yet acked: ID -> delivery time
 }
 
@@ -703,7 +709,7 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		msgs, tops, err := c.fetchRound(ctx, nil)
+		msgs, err := c.fetchRound(ctx, nil)
 		if len(msgs) > 0 || err != nil {
 			return msgs, err
 		}
@@ -711,7 +717,7 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 		if remaining <= 0 {
 			return nil, nil
 		}
-		if err := c.wait(ctx, min(remaining, c.seg.cfg.BlockInterval), tops, nil); err != nil {
+		if err := c.wait(ctx, min(remaining, c.seg.cfg.BlockInterval), nil); err != nil {
 			return nil, err
 		}
 	}
@@ -730,28 +736,27 @@ func (c *Consumer) onDeliver(msgs []*contracts.CMessage, start time.Time) {
 
 // fetchRound fetches, without waiting, up to a batch from the partitions
 // the consumer may deliver now (at most limit(p) from partition p when limit
-// is not nil). It returns the messages, or the last entry ID of each
-// partition found empty (to wait on), or the first error.
-func (c *Consumer) fetchRound(ctx context.Context, limit func(int) int) ([]*contracts.CMessage, map[int]string, error) {
+// is not nil). It returns the messages or the first error.
+func (c *Consumer) fetchRound(ctx context.Context, limit func(int) int) ([]*contracts.CMessage, error) {
 	// A batch all dead-lettered on the way is no reason to wait: go on.
 	for range 4 {
-		msgs, tops, err, dead := c.fetchOnce(ctx, limit)
+		msgs, err, dead := c.fetchOnce(ctx, limit)
 		if len(msgs) > 0 || err != nil || dead == 0 {
-			return msgs, tops, err
+			return msgs, err
 		}
 	}
-	return nil, nil, nil
+	return nil, nil
 }
 
 // fetchOnce is one fetchRound; dead counts the messages it dead-lettered.
-func (c *Consumer) fetchOnce(ctx context.Context, limit func(int) int) (_ []*contracts.CMessage, _ map[int]string, _ error, dead int) {
+func (c *Consumer) fetchOnce(ctx context.Context, limit func(int) int) (_ []*contracts.CMessage, _ error, dead int) {
 	reqs, parts, err := c.prepareFetch(c.batch, limit)
 	if err != nil || len(reqs) == 0 {
-		return nil, nil, err, 0
+		return nil, err, 0
 	}
 	start := time.Now()
 	res := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, reqs)
-	msgs, tops, err := c.applyFetch(parts, reqs, res)
+	msgs, err := c.applyFetch(parts, reqs, res)
 	if err == nil && len(msgs) > 0 && len(msgs) < c.batch {
 		// Partitions that filled their share may hold more: one more
 		// round among them fills the batch.
@@ -768,9 +773,9 @@ func (c *Consumer) fetchOnce(ctx context.Context, limit func(int) int) (_ []*con
 			c.mu.Unlock()
 		}
 		c.onDeliver(msgs, start)
-		return msgs, nil, nil, dead
+		return msgs, nil, dead
 	}
-	return nil, tops, err, dead
+	return nil, err, dead
 }
 
 // fillBatch runs a second fetch round among the partitions whose first
@@ -799,7 +804,7 @@ func (c *Consumer) fillBatch(ctx context.Context, msgs []*contracts.CMessage, pa
 	// came due since the first round must not follow newer messages of its
 	// partition in this batch. It goes first in the next one.
 	res2 := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, rebalance.NeverDue, reqs2)
-	more, _, _ := c.applyFetch(parts2, reqs2, res2) // an error is kept for the next Read
+	more, _ := c.applyFetch(parts2, reqs2, res2) // an error is kept for the next Read
 	return append(msgs, more...)
 }
 
@@ -823,6 +828,9 @@ func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.Fe
 	for p, op := range c.parts {
 		if !now.Before(op.validUntil) || op.revoking {
 			continue
+		}
+		if op.quiet && now.Before(op.quietUntil) && !c.dueLocked(op, now) {
+			continue // nothing there: the waiter tells when something comes
 		}
 		if limit != nil {
 			n := limit(p)
@@ -868,14 +876,12 @@ func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.Fe
 }
 
 // applyFetch turns fetch results into messages and updates the partitions'
-// state. It returns the messages, the last entry ID of each partition found
-// empty (to wait on), and the first error.
-func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult) ([]*contracts.CMessage, map[int]string, error) {
+// state. It returns the messages and the first error.
+func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult) ([]*contracts.CMessage, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var msgs []*contracts.CMessage
 	var firstErr error
-	tops := make(map[int]string)
 	now := time.Now()
 	for i, r := range res {
 		p := parts[i]
@@ -913,11 +919,19 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 				delete(op.inflight, id)
 			}
 		}
+		if n := len(r.Entries); n > 0 && newerID(r.Entries[n-1].ID, op.lastID) {
+			op.lastID = r.Entries[n-1].ID
+		}
 		if len(r.Entries) == 0 {
-			op.topID = r.TopID
-			tops[p] = r.TopID
+			if newerID(r.TopID, op.lastID) || op.lastID == "" {
+				op.lastID = r.TopID
+			}
+			if r.NextCursor == "" {
+				op.quiet, op.quietUntil = true, now.Add(quietFor)
+			}
 			continue
 		}
+		op.quiet = false
 		for _, e := range r.Entries {
 			m := &contracts.CMessage{
 				Id:            e.ID,
@@ -945,7 +959,7 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 		}
 	}
 	c.stats.delivered.Add(uint64(len(msgs)))
-	return msgs, tops, firstErr
+	return msgs, firstErr
 }
 
 // wait blocks up to d for something to read: a new entry in a partition
@@ -954,20 +968,31 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 // is a read-only XREAD BLOCK (it changes no state, so it needs no fence) run
 // by one waiter goroutine the consumer owns, so that the caller can stop
 // waiting at once for any of the other reasons.
-func (c *Consumer) wait(ctx context.Context, d time.Duration, tops map[int]string, extra <-chan struct{}) error {
+func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struct{}) error {
 	c.mu.Lock()
 	changed := c.changed
 	if due, ok := c.nextDueLocked(); ok {
 		d = min(d, max(time.Until(due), 5*time.Millisecond))
 	}
 	_, cluster := c.seg.rdb.(*redis.ClusterClient)
-	if len(tops) > 0 && cluster {
-		// One XREAD cannot span slots: poll.
+	if cluster {
+		// One XREAD cannot span slots: poll (quiet partitions are fetched
+		// again after quietFor at the latest).
 		d = min(d, 50*time.Millisecond)
-	} else if len(tops) > 0 && d >= time.Millisecond && !c.closing && !c.waiting {
-		c.waiting = true
-		c.wg.Add(1)
-		go c.waitForEntries(tops, d)
+	} else if d >= time.Millisecond && !c.closing && !c.waiting {
+		// Wait on every partition held, from the newest entry seen in it,
+		// so that news from any of them wakes the caller.
+		from := make(map[int]string, len(c.parts))
+		for p, op := range c.parts {
+			if !op.revoking && op.lastID != "" {
+				from[p] = op.lastID
+			}
+		}
+		if len(from) > 0 {
+			c.waiting = true
+			c.wg.Add(1)
+			go c.waitForEntries(from, d)
+		}
 	}
 	c.mu.Unlock()
 
@@ -984,21 +1009,32 @@ func (c *Consumer) wait(ctx context.Context, d time.Duration, tops map[int]strin
 	return nil
 }
 
-// waitForEntries blocks in Redis until an entry newer than tops[p] comes to
-// one of the partitions, or d passes, then signals newEntries. A failed call
-// signals too: the next fetch reports the error.
-func (c *Consumer) waitForEntries(tops map[int]string, d time.Duration) {
+// waitForEntries blocks in Redis until an entry newer than from[p] comes to
+// one of the partitions, or d passes; it marks those partitions for the next
+// fetch and signals newEntries. A failed call signals too: the next fetch
+// reports the error.
+func (c *Consumer) waitForEntries(from map[int]string, d time.Duration) {
 	defer c.wg.Done()
-	streams := make([]string, 0, 2*len(tops))
-	ids := make([]string, 0, len(tops))
-	for p, id := range tops {
+	streams := make([]string, 0, 2*len(from))
+	ids := make([]string, 0, len(from))
+	for p, id := range from {
 		streams = append(streams, c.stream.keys[p])
 		ids = append(ids, id)
 	}
 	streams = append(streams, ids...)
-	err := c.seg.rdb.XRead(c.ctx, &redis.XReadArgs{Streams: streams, Count: 1, Block: d}).Err()
+	res, err := c.seg.rdb.XRead(c.ctx, &redis.XReadArgs{Streams: streams, Count: 1, Block: d}).Result()
 	c.mu.Lock()
 	c.waiting = false
+	for _, x := range res {
+		if op, ok := c.parts[c.stream.partitionOfKey(x.Stream)]; ok {
+			op.quiet = false
+		}
+	}
+	if err != nil && !errors.Is(err, redis.Nil) {
+		for _, op := range c.parts {
+			op.quiet = false // fetch everything: the next fetch reports the error
+		}
+	}
 	c.mu.Unlock()
 	if !errors.Is(err, redis.Nil) {
 		select {
@@ -1006,6 +1042,40 @@ func (c *Consumer) waitForEntries(tops map[int]string, d time.Duration) {
 		default:
 		}
 	}
+}
+
+// quietFor bounds how long a quiet partition goes unfetched: a safety net,
+// the waiter reports news long before.
+const quietFor = 2 * time.Second
+
+// newerID reports whether stream entry ID a is newer than b ("" is oldest).
+func newerID(a, b string) bool {
+	if b == "" {
+		return a != ""
+	}
+	ams, aseq, _ := strings.Cut(a, "-")
+	bms, bseq, _ := strings.Cut(b, "-")
+	if len(ams) != len(bms) {
+		return len(ams) > len(bms)
+	}
+	if ams != bms {
+		return ams > bms
+	}
+	if len(aseq) != len(bseq) {
+		return len(aseq) > len(bseq)
+	}
+	return aseq > bseq
+}
+
+// dueLocked reports whether a message delivered from op has passed
+// maxProcessingTime without an ack.
+func (c *Consumer) dueLocked(op *ownedPartition, now time.Time) bool {
+	for _, at := range op.inflight {
+		if !now.Before(at.Add(c.maxProc)) {
+			return true
+		}
+	}
+	return false
 }
 
 // nextDueLocked returns when the oldest delivered, unacked message comes due
@@ -1128,7 +1198,7 @@ func (c *Consumer) Nack(msgs ...*contracts.CMessage) error {
 			continue // no longer ours: its next owner delivers it
 		}
 		delete(op.inflight, m.Id)
-		op.cursor, op.cursorIdle = "0-0", 0
+		op.cursor, op.cursorIdle, op.quiet = "0-0", 0, false
 		if op.revoking {
 			c.wakeLoop()
 		}

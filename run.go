@@ -142,6 +142,7 @@ type runPart struct {
 	inflight int             // handed to workers, not finished
 	keys     map[string][]*contracts.CMessage
 	acks     []*contracts.CMessage // per-key mode: handled, to ack
+	acksFrom time.Time             // when the oldest of acks was handled
 }
 
 func (r *runner) run() error {
@@ -154,7 +155,7 @@ func (r *runner) run() error {
 			c.touchInflight(r.stop, touchEvery)
 			lastTouch = time.Now()
 		}
-		msgs, tops, err := c.fetchRound(r.stop, r.limit)
+		msgs, err := c.fetchRound(r.stop, r.limit)
 		var pe *PartitionError
 		switch {
 		case errors.Is(err, ErrClosed):
@@ -172,7 +173,7 @@ func (r *runner) run() error {
 			r.dispatch(msgs)
 			continue
 		}
-		_ = c.wait(r.stop, min(c.seg.cfg.BlockInterval, touchEvery), tops, r.idle)
+		_ = c.wait(r.stop, min(c.seg.cfg.BlockInterval, touchEvery), r.idle)
 	}
 	return nil
 }
@@ -192,7 +193,11 @@ func (r *runner) limit(p int) int {
 		}
 		return r.c.batch
 	}
-	return r.o.keyConcurrency - inflight
+	room := r.o.keyConcurrency - inflight
+	if inflight > 0 && room < r.o.keyConcurrency/2 {
+		return 0 // fetch in batches, not a message per finished one
+	}
+	return room
 }
 
 func (r *runner) sleep(d time.Duration) {
@@ -256,61 +261,74 @@ func (r *runner) runSequential(rp *runPart, ms []*contracts.CMessage) {
 	hctx, cancel := r.handlerContext(rp)
 	defer cancel()
 	var acks []*contracts.CMessage
-	done := len(ms)
+	progress := func() { r.ack(acks); acks = acks[:0] }
 	for i, m := range ms {
-		if !r.handle(hctx, rp, m, &acks) {
+		if !r.handle(hctx, m, &acks, progress) {
 			_ = r.c.Nack(ms[i:]...)
 			break
 		}
 	}
 	r.ack(acks)
-	r.finished(rp, done)
+	r.finished(rp, len(ms))
 }
 
 // runKey handles the queued messages of one key of a partition, in order.
+// Acks are gathered per partition and sent in batches.
 func (r *runner) runKey(rp *runPart, key string) {
 	defer r.wg.Done()
 	hctx, cancel := r.handlerContext(rp)
 	defer cancel()
+	progress := func() { r.ack(r.takeAcks(rp, true)) }
 	for {
 		r.mu.Lock()
 		q := rp.keys[key]
 		if len(q) == 0 {
 			delete(rp.keys, key)
-			acks := rp.acks
-			rp.acks = nil
+			last := len(rp.keys) == 0 // the partition is idle: ack now
 			r.mu.Unlock()
-			r.ack(acks)
+			if last {
+				progress()
+			}
 			return
 		}
 		m := q[0]
 		r.mu.Unlock()
 
 		var acks []*contracts.CMessage
-		ok := r.handle(hctx, rp, m, &acks)
+		ok := r.handle(hctx, m, &acks, progress)
 
 		r.mu.Lock()
 		if !ok {
 			rest := rp.keys[key]
 			delete(rp.keys, key)
-			pending := rp.acks
-			rp.acks = nil
 			r.mu.Unlock()
-			r.ack(pending)
+			progress()
 			_ = r.c.Nack(rest...)
 			r.finished(rp, len(rest))
 			return
 		}
 		rp.keys[key] = rp.keys[key][1:]
-		rp.acks = append(rp.acks, acks...)
-		var flush []*contracts.CMessage
-		if len(rp.acks) >= 64 {
-			flush, rp.acks = rp.acks, nil
+		if len(rp.acks) == 0 {
+			rp.acksFrom = time.Now()
 		}
+		rp.acks = append(rp.acks, acks...)
 		r.mu.Unlock()
-		r.ack(flush)
+		r.ack(r.takeAcks(rp, false))
 		r.finished(rp, 1)
 	}
+}
+
+// takeAcks returns rp's gathered acks to send now: all of them when force,
+// else once there are enough or the oldest has waited long enough.
+func (r *runner) takeAcks(rp *runPart, force bool) []*contracts.CMessage {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(rp.acks) == 0 || !force && len(rp.acks) < 64 && time.Since(rp.acksFrom) < 5*time.Millisecond {
+		return nil
+	}
+	acks := rp.acks
+	rp.acks = nil
+	return acks
 }
 
 // finished records n messages of rp done and wakes the dispatcher.
@@ -325,8 +343,9 @@ func (r *runner) finished(rp *runPart, n int) {
 }
 
 // handle runs the handler on m until it succeeds (m is added to acks), m is
-// dead-lettered, or handling must stop (false: hand m back).
-func (r *runner) handle(ctx context.Context, rp *runPart, m *contracts.CMessage, acks *[]*contracts.CMessage) bool {
+// dead-lettered, or handling must stop (false: hand m back). progress acks
+// what was handled so far, before a wait.
+func (r *runner) handle(ctx context.Context, m *contracts.CMessage, acks *[]*contracts.CMessage, progress func()) bool {
 	h := r.h
 	if m.PoisonReason != "" && r.o.poison != nil {
 		h = r.o.poison
@@ -334,7 +353,8 @@ func (r *runner) handle(ctx context.Context, rp *runPart, m *contracts.CMessage,
 	var lastErr error
 	for attempt := 1; ; attempt++ {
 		if max := r.c.opts.maxDeliveries; max > 0 && int(m.DeliveryCount)+attempt-1 > max {
-			return r.deadLetter(ctx, m, attempt-1, lastErr, acks)
+			progress()
+			return r.deadLetter(ctx, m, attempt-1, lastErr)
 		}
 		if ctx.Err() != nil || r.stop.Err() != nil {
 			return false
@@ -346,8 +366,7 @@ func (r *runner) handle(ctx context.Context, rp *runPart, m *contracts.CMessage,
 		}
 		lastErr = err
 		r.c.log.Warn("handler failed", "partition", m.Partition, "id", m.Id, "attempt", attempt, "err", err)
-		r.ack(*acks) // progress made so far is not redone after a crash
-		*acks = (*acks)[:0]
+		progress() // what was handled is not redone after a crash
 		if !r.backoff(ctx, attempt) {
 			return false
 		}
@@ -355,15 +374,13 @@ func (r *runner) handle(ctx context.Context, rp *runPart, m *contracts.CMessage,
 }
 
 // deadLetter moves m to the dead letters, retrying while the move fails.
-func (r *runner) deadLetter(ctx context.Context, m *contracts.CMessage, attempts int, lastErr error, acks *[]*contracts.CMessage) bool {
+func (r *runner) deadLetter(ctx context.Context, m *contracts.CMessage, attempts int, lastErr error) bool {
 	// Run's retries count as deliveries.
 	m.DeliveryCount += uint32(max(attempts-1, 0))
 	reason := fmt.Sprintf("delivered %d times (MaxDeliveries %d)", m.DeliveryCount, r.c.opts.maxDeliveries)
 	if lastErr != nil {
 		reason += ": " + lastErr.Error()
 	}
-	r.ack(*acks)
-	*acks = (*acks)[:0]
 	for attempt := 1; ; attempt++ {
 		err := r.c.DeadLetter(context.WithoutCancel(ctx), reason, m)
 		if err == nil {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
@@ -64,6 +66,20 @@ func (st *Stream) trimDue(p int, n int64) bool {
 	}
 	after := st.sends[p].Add(n)
 	return (after-n)/st.trimEvery != after/st.trimEvery
+}
+
+// partitionOfKey returns the partition whose Redis key is key, or -1.
+func (st *Stream) partitionOfKey(key string) int {
+	i := strings.LastIndexByte(key, '}')
+	j := strings.LastIndexByte(key[:max(i, 0)], ':')
+	if i < 0 || j < 0 {
+		return -1
+	}
+	p, err := strconv.Atoi(key[j+1 : i])
+	if err != nil || p < 0 || p >= len(st.keys) || st.keys[p] != key {
+		return -1
+	}
+	return p
 }
 
 // Name returns the stream's name.

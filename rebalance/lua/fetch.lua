@@ -14,8 +14,8 @@
 --   for claimed entries; top_id: the partition's last entry id when nothing
 --   was found ('' otherwise); claim_idle: the min idle of the claim that
 --   next_cursor continues.
--- An entry with a field 'to' naming another group (a dead letter re-driven
--- for that group) is acknowledged for this group and left out.
+-- An entry whose last field is 'to' naming another group (a dead letter
+-- re-driven for that group) is acknowledged for this group and left out.
 local l = redis.call('HMGET', KEYS[1], 'o', 'e', 'r')
 if l[1] ~= ARGV[1] or l[2] ~= ARGV[2] then return {0} end
 local me, group, count = ARGV[1], ARGV[3], tonumber(ARGV[4])
@@ -45,14 +45,12 @@ end
 -- acknowledged for this one, never delivered to it.
 local function for_other(e)
   local f = e[2]
-  if f[1] ~= 'v' then return false end -- not written by segmenter: poison, delivered
-  for i = 3, #f, 2 do
-    if f[i] == 'to' and f[i + 1] ~= group then
-      redis.call('XACK', KEYS[2], group, e[1])
-      return true
-    end
-  end
-  return false
+  local n = #f
+  -- Only entries segmenter wrote (format version first) and re-drove (the
+  -- group last) qualify: one look, not a scan of every field.
+  if f[1] ~= 'v' or f[n - 1] ~= 'to' or f[n] == group then return false end
+  redis.call('XACK', KEYS[2], group, e[1])
+  return true
 end
 
 local claimed = cursor ~= ''

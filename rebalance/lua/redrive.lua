@@ -21,7 +21,7 @@ for i = 2, #ARGV do
         table.insert(v, f[j]); table.insert(v, f[j + 1])
       end
     end
-    table.insert(v, 'to'); table.insert(v, group)
+    table.insert(v, 'to'); table.insert(v, group) -- last: fetch.lua looks there
     new = redis.call('XADD', KEYS[1], '*', unpack(v))
     redis.call('XDEL', KEYS[2], ARGV[i])
   end
