@@ -1,6 +1,7 @@
 # segmenter: build, test and demo targets. `make help` lists them.
 
 include Makefile.proto.mk
+include Makefile.bench.mk
 
 GO ?= go
 GOFMT ?= gofmt
@@ -23,6 +24,8 @@ help:
 	@echo "  make demo        run the demo (embedded Redis unless REDIS_URL is set)"
 	@echo "  make deps        install redis-server and protoc with apt-get when missing"
 	@echo "  make proto       regenerate contracts/messages.pb.go (needs protoc)"
+	@echo "  make bench       benchmark table vs raw go-redis (~3.5 min); rewrites the table in BENCHMARKS.md"
+	@echo "  make bench-smoke every figure at a tiny size + 1x of each Go benchmark (CI: they still run)"
 
 # deps installs what a fresh Debian machine lacks for the tests, and nothing
 # when everything is there. It uses sudo only when not root.
