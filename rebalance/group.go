@@ -28,6 +28,8 @@ type Group struct {
 }
 
 // Errors of Rebalance.
+var renewManyScript = load("renew_many")
+
 var (
 	// ErrCoordinatorBusy means another member holds the coordinator lock:
 	// it is rebalancing the group now.
@@ -76,9 +78,24 @@ func RunTick(ctx context.Context, rdb redis.Cmdable, t Tick) TickResult {
 		hb = b.add(heartbeatScript, []string{t.Group.Members, t.Group.Assignment},
 			t.Member, t.Session.Milliseconds(), strconv.FormatInt(t.KnownGen, 10))
 	}
+	// One script renews every lease on a single node; a cluster spreads the
+	// leases over slots, one script each.
+	_, single := rdb.(*redis.Client)
 	renew := make([]*call, len(t.Renew))
-	for i, h := range t.Renew {
-		renew[i] = b.add(renewScript, []string{h.Key}, t.Member, strconv.FormatInt(h.Epoch, 10), t.Session.Milliseconds())
+	var renewAll *call
+	if single && len(t.Renew) > 1 {
+		keys := make([]string, len(t.Renew))
+		args := make([]any, 0, 2+len(t.Renew))
+		args = append(args, t.Member, t.Session.Milliseconds())
+		for i, h := range t.Renew {
+			keys[i] = h.Key
+			args = append(args, strconv.FormatInt(h.Epoch, 10))
+		}
+		renewAll = b.add(renewManyScript, keys, args...)
+	} else {
+		for i, h := range t.Renew {
+			renew[i] = b.add(renewScript, []string{h.Key}, t.Member, strconv.FormatInt(h.Epoch, 10), t.Session.Milliseconds())
+		}
 	}
 	acq := make([]*call, len(t.Acquire))
 	for i, k := range t.Acquire {
@@ -91,8 +108,22 @@ func RunTick(ctx context.Context, rdb redis.Cmdable, t Tick) TickResult {
 		res.Beat = parseBeat(hb.cmd)
 	}
 	res.Renewed = make([]Outcome, len(renew))
-	for i, c := range renew {
-		res.Renewed[i] = parseRenew(c.cmd)
+	if renewAll != nil {
+		v, err := renewAll.cmd.Slice()
+		for i := range res.Renewed {
+			switch {
+			case err != nil:
+				res.Renewed[i].Err = err
+			case len(v) != len(renew):
+				res.Renewed[i].Err = fmt.Errorf("renew: unexpected reply %v", v)
+			default:
+				res.Renewed[i].Fenced = num(v[i]) != 1
+			}
+		}
+	} else {
+		for i, c := range renew {
+			res.Renewed[i] = parseRenew(c.cmd)
+		}
 	}
 	res.Grants = make([]Grant, len(acq))
 	for i, c := range acq {

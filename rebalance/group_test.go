@@ -134,3 +134,28 @@ func TestRebalanceIsFencedByLockAndGeneration(t *testing.T) {
 		t.Fatalf("a stale commit changed the assignment: %+v", snap)
 	}
 }
+
+func TestTickRenewsEveryLeaseAndFencesLostOnes(t *testing.T) {
+	ctx, rdb, g := newGroup(t)
+	ns := redistest.Namespace(t)
+	keys := []string{"test:{" + ns + "}:l1", "test:{" + ns + "}:l2", "test:{" + ns + "}:l3"}
+	grants := rebalance.Acquire(ctx, rdb, "A", time.Minute, keys)
+	held := make([]rebalance.Held, len(keys))
+	for i, gr := range grants {
+		held[i] = rebalance.Held{Key: keys[i], Epoch: gr.Epoch}
+	}
+	held[1].Epoch-- // a lease A no longer holds under that epoch
+	before, _ := rdb.HGet(ctx, keys[0], "x").Int64()
+	res := rebalance.RunTick(ctx, rdb, rebalance.Tick{Group: g, Member: "A", Session: 2 * time.Minute, KnownGen: -1, Heartbeat: true, Renew: held})
+	for i, r := range res.Renewed {
+		if r.Err != nil || r.Fenced != (i == 1) {
+			t.Fatalf("renewal %d: %+v", i, r)
+		}
+	}
+	if after, _ := rdb.HGet(ctx, keys[0], "x").Int64(); after < before+50_000 {
+		t.Fatalf("lease expiry went from %d to %d: not renewed for the 2 minutes asked", before, after)
+	}
+	if x, _ := rdb.HGet(ctx, keys[1], "x").Int64(); x > before+1000 {
+		t.Fatal("a fenced lease was renewed")
+	}
+}
