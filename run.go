@@ -101,12 +101,14 @@ func (c *Consumer) Run(ctx context.Context, h Handler, opts ...RunOption) error 
 	}
 	defer c.readMu.Unlock()
 	r := &runner{
-		c:     c,
-		h:     h,
-		o:     o,
-		stop:  ctx,
-		idle:  make(chan struct{}, 1),
-		parts: make(map[int]*runPart),
+		c:       c,
+		h:       h,
+		o:       o,
+		stop:    ctx,
+		idle:    make(chan struct{}, 1),
+		parts:   make(map[int]*runPart),
+		ackKick: make(chan struct{}, 1),
+		ackStop: make(chan struct{}),
 	}
 	r.abort, r.cancelAbort = context.WithCancel(context.WithoutCancel(ctx))
 	if o.abort != nil {
@@ -130,6 +132,14 @@ type runner struct {
 	idle chan struct{} // a partition has room again
 	wg   sync.WaitGroup
 
+	// The acker sends the acks of every partition gathered meanwhile in
+	// one pipelined round trip.
+	ackMu   sync.Mutex
+	ackBuf  []*contracts.CMessage
+	ackKick chan struct{}
+	ackStop chan struct{}
+	ackerWG sync.WaitGroup
+
 	mu    sync.Mutex
 	parts map[int]*runPart
 }
@@ -146,6 +156,7 @@ type runPart struct {
 }
 
 func (r *runner) run() error {
+	r.ackerWG.Go(r.acker)
 	defer r.finish()
 	c := r.c
 	lastTouch := time.Now()
@@ -436,14 +447,44 @@ func (r *runner) call(ctx context.Context, h Handler, m *contracts.CMessage, att
 	return h(ctx, m)
 }
 
-// ack acknowledges handled messages; a failure leaves them to redelivery.
+// ack hands handled messages to the acker.
 func (r *runner) ack(msgs []*contracts.CMessage) {
 	if len(msgs) == 0 {
 		return
 	}
-	err := r.c.Ack(context.WithoutCancel(r.stop), msgs...)
-	if err != nil && !errors.Is(err, ErrFenced) && !errors.Is(err, ErrClosed) {
-		r.c.seg.reportError(err)
+	r.ackMu.Lock()
+	r.ackBuf = append(r.ackBuf, msgs...)
+	r.ackMu.Unlock()
+	select {
+	case r.ackKick <- struct{}{}:
+	default:
+	}
+}
+
+// acker acknowledges what the workers handled, all partitions in one call;
+// a failure leaves the messages to redelivery. It sends what is left when
+// stopped.
+func (r *runner) acker() {
+	for {
+		stopping := false
+		select {
+		case <-r.ackKick:
+		case <-r.ackStop:
+			stopping = true
+		}
+		r.ackMu.Lock()
+		msgs := r.ackBuf
+		r.ackBuf = nil
+		r.ackMu.Unlock()
+		if len(msgs) > 0 {
+			err := r.c.Ack(context.WithoutCancel(r.stop), msgs...)
+			if err != nil && !errors.Is(err, ErrFenced) && !errors.Is(err, ErrClosed) {
+				r.c.seg.reportError(err)
+			}
+		}
+		if stopping {
+			return
+		}
 	}
 }
 
@@ -467,6 +508,8 @@ func (r *runner) finish() {
 	}
 	t.Stop()
 	r.cancelAbort()
+	close(r.ackStop) // the workers are done: send their last acks
+	r.ackerWG.Wait()
 }
 
 // partitionContext returns the context of partition p under epoch, or a
