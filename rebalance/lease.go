@@ -243,6 +243,9 @@ const maxAckIDs = 1000
 // Ack runs the fenced acknowledgement of every request in one round trip.
 // XACK is idempotent, so an ack whose reply was lost may be sent again.
 func Ack(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs []AckRequest) []AckResult {
+	if _, single := rdb.(*redis.Client); single && len(reqs) > 1 {
+		return ackMany(ctx, rdb, owner, group, reqs)
+	}
 	var b batch
 	calls := make([][]*call, len(reqs))
 	for i, r := range reqs {
@@ -269,6 +272,43 @@ func Ack(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs []Ack
 			case len(v) == 2:
 				out[i].Acked += num(v[1])
 			}
+		}
+	}
+	return out
+}
+
+var ackManyScript = load("ack_many")
+
+// ackMany acks every request in one script: for a single Redis node only.
+func ackMany(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs []AckRequest) []AckResult {
+	keys := make([]string, 0, 2*len(reqs))
+	args := []any{owner, group}
+	for _, r := range reqs {
+		keys = append(keys, r.LeaseKey, r.StreamKey)
+		args = append(args, strconv.FormatInt(r.Epoch, 10), len(r.IDs))
+		for _, id := range r.IDs {
+			args = append(args, id)
+		}
+	}
+	var b batch
+	c := b.add(ackManyScript, keys, args...)
+	b.exec(ctx, rdb)
+	out := make([]AckResult, len(reqs))
+	v, err := c.cmd.Slice()
+	if err == nil && len(v) != len(reqs) {
+		err = fmt.Errorf("ack: unexpected reply %v", v)
+	}
+	for i := range out {
+		if err != nil {
+			out[i].Err = err
+			continue
+		}
+		r := asSlice(v[i])
+		switch {
+		case len(r) == 0 || num(r[0]) != 1:
+			out[i].Fenced = true
+		case len(r) == 2:
+			out[i].Acked = num(r[1])
 		}
 	}
 	return out

@@ -389,3 +389,22 @@ func TestTakeoverRemovesDepartedConsumersOnceTheirPendingIsClaimed(t *testing.T)
 		t.Fatalf("after the whole pending list was claimed: %v, want only B with 3", cs)
 	}
 }
+
+func TestAckOfSeveralPartitionsFencesEachOnItsOwn(t *testing.T) {
+	f, g := newFixture(t), newFixture(t)
+	fi, gi := f.add(t, 3), g.add(t, 2)
+	a := f.acquire(t, "A", time.Minute)
+	ga := g.acquire(t, "A", time.Minute)
+	f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 10}, time.Hour)
+	g.fetch(t, "A", ga.Epoch, rebalance.FetchRequest{Count: 10}, time.Hour)
+	res := rebalance.Ack(f.ctx, f.rdb, "A", f.group, []rebalance.AckRequest{
+		{LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch, IDs: fi},
+		{LeaseKey: g.lease, StreamKey: g.stream, Epoch: ga.Epoch - 1, IDs: gi}, // lost
+	})
+	if res[0].Err != nil || res[0].Fenced || res[0].Acked != 3 || !res[1].Fenced || res[1].Acked != 0 {
+		t.Fatalf("acks %+v", res)
+	}
+	if p, _ := g.rdb.XPending(g.ctx, g.stream, g.group).Result(); p.Count != 2 {
+		t.Fatalf("the fenced partition's messages were acked: %d pending", p.Count)
+	}
+}
