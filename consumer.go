@@ -158,22 +158,26 @@ type Consumer struct {
 	opts      consumerOptions
 
 	readMu     sync.Mutex    // one Read at a time
+	tickMu     sync.Mutex    // one tick at a time; leave waits for the one in flight
 	listenerMu sync.Mutex    // serializes listener calls
 	wake       chan struct{} // asks the background loop for a tick now
 	newEntries chan struct{} // the waiter saw new entries (or failed)
 
-	mu       sync.Mutex
-	parts    map[int]*ownedPartition
-	broken   map[int]bool     // partitions whose group vanished in Redis
-	gen      int64            // the latest generation seen, -1 before the first
-	assigned map[int]bool     // this member's partitions in generation gen
-	events   []PartitionEvent // for the listener, sent outside the lock
-	errs     []error          // partition errors for the next Read
-	changed  chan struct{}    // closed and replaced when ownership changes
-	rotate   int
-	closing  bool
-	waiting  bool // a waitForEntries goroutine is running
-	fetchSeq uint64
+	mu        sync.Mutex
+	parts     map[int]*ownedPartition
+	broken    map[int]bool     // partitions whose group vanished in Redis
+	toRelease []rebalance.Held // their leases, released outside the lock
+	gen       int64            // the latest generation seen, -1 before the first
+	inc       string           // the incarnation of the assignment gen belongs to
+	assigned  map[int]bool     // this member's partitions in generation gen
+	events    []PartitionEvent // for the listener, sent outside the lock
+	bgErrs    []error          // for Config.OnError, reported outside the lock
+	errs      []error          // partition errors for the next Read
+	changed   chan struct{}    // closed and replaced when ownership changes
+	rotate    int
+	closing   bool
+	waiting   bool // a waitForEntries goroutine is running
+	fetchSeq  uint64
 
 	stats     stats
 	retention retentionState // see retention.go
@@ -315,14 +319,9 @@ func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, 
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return nil, ErrClosed
+	if err := s.checkOpen(); err != nil {
+		return nil, err
 	}
-	s.consumers[c] = struct{}{}
-	s.mu.Unlock()
-
 	s.notify.add(ctx, c)
 	// Join: heartbeat, rebalance, learn the assignment, acquire what is
 	// free, so that a lone consumer owns its partitions before its first Read.
@@ -330,6 +329,18 @@ func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, 
 	}
 	c.wg.Add(1)
 	go c.loop()
+	// Registered only now, so that a concurrent Close shuts down a
+	// consumer that is whole; one that came after Close is shut down here.
+	s.mu.Lock()
+	closed := s.closed
+	if !closed {
+		s.consumers[c] = struct{}{}
+	}
+	s.mu.Unlock()
+	if closed {
+		_ = c.Shutdown(ctx)
+		return nil, ErrClosed
+	}
 	c.log.Debug("consumer registered", "partitions", st.Partitions(), "owned", len(c.Assignment()))
 	return c, nil
 }
@@ -455,6 +466,8 @@ func (c *Consumer) wakeLoop() {
 // the heartbeat says so. It reports whether another tick should follow
 // soon (a hand-over in progress).
 func (c *Consumer) tick(ctx context.Context) (urgent bool) {
+	c.tickMu.Lock() // leave must not interleave with a heartbeat in flight
+	defer c.tickMu.Unlock()
 	defer c.flushEvents()
 	c.mu.Lock()
 	closing := c.closing
@@ -483,9 +496,7 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 
 	sent := time.Now()
 	res := rebalance.RunTick(ctx, c.seg.rdb, t)
-	if ctx.Err() != nil {
-		return false
-	}
+	quiet := ctx.Err() != nil // shutting down: record what happened, report nothing
 
 	c.mu.Lock()
 	for i, r := range res.Renewed {
@@ -496,7 +507,9 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 		}
 		switch {
 		case r.Err != nil:
-			c.reportLocked(p, fmt.Errorf("renew lease: %w", r.Err))
+			if !quiet {
+				c.reportLocked(p, fmt.Errorf("renew lease: %w", r.Err))
+			}
 		case r.Fenced:
 			c.dropLocked(p, ErrFenced, true)
 		default:
@@ -508,7 +521,9 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 		p := askParts[i]
 		switch {
 		case g.Err != nil:
-			c.reportLocked(p, fmt.Errorf("acquire lease: %w", g.Err))
+			if !quiet {
+				c.reportLocked(p, fmt.Errorf("acquire lease: %w", g.Err))
+			}
 		case g.Granted:
 			pctx, cancel := context.WithCancel(c.ctx)
 			c.parts[p] = &ownedPartition{
@@ -529,10 +544,13 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 		b := res.Beat
 		switch {
 		case b.Err != nil:
-			c.reportLocked(-1, fmt.Errorf("heartbeat: %w", b.Err))
-		case b.Gen > c.gen || (c.gen < 0 && b.Gen == 0):
-			// Never act on a generation older than one already seen.
-			c.gen = b.Gen
+			if !quiet {
+				c.reportLocked(-1, fmt.Errorf("heartbeat: %w", b.Err))
+			}
+		case b.Gen > c.gen || (c.gen < 0 && b.Gen == 0) || b.Incarnation != c.inc:
+			// Never act on a generation older than one already seen, unless
+			// the assignment was lost and its history started anew.
+			c.gen, c.inc = b.Gen, b.Incarnation
 			c.assigned = make(map[int]bool, len(b.Partitions))
 			for _, p := range b.Partitions {
 				if p >= 0 && p < len(c.leaseKeys) {
@@ -584,9 +602,7 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 		case errors.Is(err, rebalance.ErrCoordinatorBusy), errors.Is(err, rebalance.ErrGenerationChanged):
 			urgent = true // another member is at it: learn the result soon
 		default:
-			c.mu.Lock()
-			c.reportLocked(-1, fmt.Errorf("rebalance: %w", err))
-			c.mu.Unlock()
+			c.seg.reportError(fmt.Errorf("segmenter: stream %q group %q consumer %q: rebalance: %w", c.stream.name, c.group, c.id, err))
 		}
 	}
 	return urgent
@@ -632,22 +648,26 @@ func (c *Consumer) releasePartitions(ctx context.Context, parts []int, held []re
 	c.notifyLocked()
 }
 
-// reportLocked reports a background error (partition -1: the group's).
+// reportLocked queues a background error (partition -1: the group's) for
+// Config.OnError, which flushEvents calls outside the lock.
 func (c *Consumer) reportLocked(p int, err error) {
 	if p >= 0 {
 		err = &PartitionError{Stream: c.stream.name, Group: c.group, Partition: p, Err: err}
 	} else {
 		err = fmt.Errorf("segmenter: stream %q group %q consumer %q: %w", c.stream.name, c.group, c.id, err)
 	}
-	c.seg.reportError(err)
+	c.bgErrs = append(c.bgErrs, err)
 }
 
 // flushEvents sends the queued partition events to the listener.
 func (c *Consumer) flushEvents() {
 	c.mu.Lock()
-	events := c.events
-	c.events = nil
+	events, errs := c.events, c.bgErrs
+	c.events, c.bgErrs = nil, nil
 	c.mu.Unlock()
+	for _, err := range errs {
+		c.seg.reportError(err)
+	}
 	if (c.listener == nil && len(c.hooks.partition) == 0) || len(events) == 0 {
 		return
 	}
@@ -756,7 +776,8 @@ func (c *Consumer) fetchOnce(ctx context.Context, limit func(int) int) (_ []*con
 	}
 	start := time.Now()
 	res := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, reqs)
-	msgs, err := c.applyFetch(parts, reqs, res)
+	msgs, err := c.applyFetch(parts, reqs, res, start)
+	c.releaseBroken()
 	if err == nil && len(msgs) > 0 && len(msgs) < c.batch {
 		// Partitions that filled their share may hold more: one more
 		// round among them fills the batch.
@@ -803,8 +824,9 @@ func (c *Consumer) fillBatch(ctx context.Context, msgs []*contracts.CMessage, pa
 	// This round starts no claim of messages due for redelivery: one that
 	// came due since the first round must not follow newer messages of its
 	// partition in this batch. It goes first in the next one.
+	sent := time.Now()
 	res2 := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, rebalance.NeverDue, reqs2)
-	more, _ := c.applyFetch(parts2, reqs2, res2) // an error is kept for the next Read
+	more, _ := c.applyFetch(parts2, reqs2, res2, sent) // an error is kept for the next Read
 	return append(msgs, more...)
 }
 
@@ -877,7 +899,7 @@ func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.Fe
 
 // applyFetch turns fetch results into messages and updates the partitions'
 // state. It returns the messages and the first error.
-func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult) ([]*contracts.CMessage, error) {
+func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult, sent time.Time) ([]*contracts.CMessage, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var msgs []*contracts.CMessage
@@ -897,7 +919,7 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 			c.dropLocked(p, ErrFenced, true)
 			continue
 		case r.Err != nil && redis.HasErrorPrefix(r.Err, "NOGROUP"):
-			c.releaseLocked(p, op)
+			c.toRelease = append(c.toRelease, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
 			c.broken[p] = true // never silently recreated: the user must act
 			c.dropLocked(p, fmt.Errorf("%w: %v", ErrGroupNotFound, r.Err), true)
 			continue
@@ -909,6 +931,16 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 				firstErr = &PartitionError{Stream: c.stream.name, Group: c.group, Partition: p, Err: r.Err}
 			}
 			continue
+		}
+		if reqs[i].Cursor == "" && len(r.Deliveries) == 0 && r.NextCursor == "" {
+			// Nothing was due in Redis when the fetch ran, so messages
+			// delivered a maxProcessingTime before it was sent are no longer
+			// pending: an ack whose reply was lost did succeed.
+			for id, at := range op.inflight {
+				if !at.Add(c.maxProc).After(sent) {
+					delete(op.inflight, id)
+				}
+			}
 		}
 		op.cursor, op.cursorIdle = r.NextCursor, r.NextCursorIdle
 		if len(r.Trimmed) > 0 {
@@ -980,11 +1012,13 @@ func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struc
 		// again after quietFor at the latest).
 		d = min(d, 50*time.Millisecond)
 	} else if d >= time.Millisecond && !c.closing && !c.waiting {
-		// Wait on every partition held, from the newest entry seen in it,
-		// so that news from any of them wakes the caller.
+		// Wait on every quiet partition held, from the newest entry seen in
+		// it, so that news from any of them wakes the caller.
 		from := make(map[int]string, len(c.parts))
 		for p, op := range c.parts {
-			if !op.revoking && op.lastID != "" {
+			// Only quiet partitions: the others are fetched as soon as they
+			// may be (and a busy one's backlog would wake XREAD at once).
+			if op.quiet && !op.revoking && op.lastID != "" {
 				from[p] = op.lastID
 			}
 		}
@@ -1159,7 +1193,9 @@ func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 		case r.Err != nil:
 			errs = append(errs, &PartitionError{Stream: c.stream.name, Group: c.group, Partition: k.p, Err: fmt.Errorf("ack: %w", r.Err)})
 		case r.Fenced:
-			if op, ok := c.parts[k.p]; ok && op.epoch == k.epoch {
+			// A partition being handed over was released by us: the
+			// hand-over completes it, it is no loss.
+			if op, ok := c.parts[k.p]; ok && op.epoch == k.epoch && !op.revoking {
 				c.dropLocked(k.p, ErrFenced, false) // reported here, not again by Read
 			}
 			errs = append(errs, &PartitionError{Stream: c.stream.name, Group: c.group, Partition: k.p, Err: ErrFenced})
@@ -1257,6 +1293,8 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 // leave takes the consumer out of its group and hands its partitions over.
 func (c *Consumer) leave(ctx context.Context) error {
 	var errs []error
+	// A heartbeat in flight would put the member back after Leave.
+	c.tickMu.Lock()
 	if err := rebalance.Leave(ctx, c.seg.rdb, c.groupKeys, c.id); err != nil {
 		errs = append(errs, fmt.Errorf("segmenter: leave group: %w", err))
 	} else {
@@ -1267,6 +1305,7 @@ func (c *Consumer) leave(ctx context.Context) error {
 		}
 		c.seg.notify.publish(ctx, c)
 	}
+	c.tickMu.Unlock()
 	// The background loop, still renewing, releases each partition once
 	// drained.
 	c.wakeLoop()
@@ -1321,9 +1360,15 @@ func (c *Consumer) leave(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// releaseLocked releases the lease of a failing partition (held lock: rare).
-func (c *Consumer) releaseLocked(p int, op *ownedPartition) {
-	held := []rebalance.Held{{Key: c.leaseKeys[p], Epoch: op.epoch}}
+// releaseBroken releases the leases of partitions whose group vanished.
+func (c *Consumer) releaseBroken() {
+	c.mu.Lock()
+	held := c.toRelease
+	c.toRelease = nil
+	c.mu.Unlock()
+	if len(held) == 0 {
+		return
+	}
 	ctx, cancel := context.WithTimeout(c.ctx, 2*time.Second)
 	defer cancel()
 	rebalance.Release(ctx, c.seg.rdb, c.id, held)

@@ -16,10 +16,11 @@ import (
 type notifier struct {
 	seg *Segmenter
 
-	mu   sync.Mutex
-	ps   *redis.PubSub
-	subs map[string]map[*Consumer]struct{} // channel -> consumers
-	wg   sync.WaitGroup
+	mu     sync.Mutex
+	closed bool
+	ps     *redis.PubSub
+	subs   map[string]map[*Consumer]struct{} // channel -> consumers
+	wg     sync.WaitGroup
 }
 
 func (n *notifier) channel(c *Consumer) string { return n.seg.keys.Notify(c.stream.name, c.group) }
@@ -29,6 +30,9 @@ func (n *notifier) add(ctx context.Context, c *Consumer) {
 	ch := n.channel(c)
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.closed {
+		return
+	}
 	if n.subs == nil {
 		n.subs = make(map[string]map[*Consumer]struct{})
 	}
@@ -82,7 +86,7 @@ func (n *notifier) publish(ctx context.Context, c *Consumer) {
 func (n *notifier) close() {
 	n.mu.Lock()
 	ps := n.ps
-	n.ps = nil
+	n.ps, n.closed = nil, true
 	n.mu.Unlock()
 	if ps != nil {
 		_ = ps.Close()

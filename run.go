@@ -231,13 +231,18 @@ func (r *runner) dispatch(msgs []*contracts.CMessage) {
 		}
 		byPart[p] = append(byPart[p], m)
 	}
+	// The partitions' contexts first: c.mu is never taken under r.mu.
+	pctx := make(map[int]context.Context, len(order))
+	for _, p := range order {
+		pctx[p] = r.c.partitionContext(p, byPart[p][0].Epoch)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, p := range order {
 		ms := byPart[p]
 		rp := r.parts[p]
 		if rp == nil || rp.epoch != ms[0].Epoch {
-			rp = &runPart{p: p, epoch: ms[0].Epoch, ctx: r.c.partitionContext(p, ms[0].Epoch), keys: make(map[string][]*contracts.CMessage)}
+			rp = &runPart{p: p, epoch: ms[0].Epoch, ctx: pctx[p], keys: make(map[string][]*contracts.CMessage)}
 			r.parts[p] = rp
 		}
 		rp.inflight += len(ms)
@@ -564,7 +569,9 @@ func (c *Consumer) touchInflight(ctx context.Context, olderThan time.Duration) {
 		switch {
 		case x.Fenced:
 			c.dropLocked(parts[i], ErrFenced, true)
-		case x.Err == nil:
+		case x.Err != nil:
+			c.reportLocked(parts[i], fmt.Errorf("keep in-flight messages from coming due: %w", x.Err))
+		default:
 			for _, id := range reqs[i].IDs {
 				if _, ok := op.inflight[id]; ok {
 					op.inflight[id] = now

@@ -48,7 +48,10 @@ type Beat struct {
 	// generation the member sent.
 	InAssignment bool
 	Partitions   []int
-	Err          error
+	// Incarnation identifies the assignment's history: it changes when the
+	// assignment was lost and created anew, and generations restart.
+	Incarnation string
+	Err         error
 }
 
 // Tick is one round trip of a member's background loop: its heartbeat, the
@@ -149,14 +152,14 @@ func parseBeat(cmd *redis.Cmd) Beat {
 	if err != nil {
 		return Beat{Err: err}
 	}
-	if len(v) != 4 {
+	if len(v) != 5 {
 		return Beat{Err: fmt.Errorf("heartbeat: unexpected reply %v", v)}
 	}
 	parts, err := parsePartitions(str(v[2]))
 	if err != nil {
 		return Beat{Err: err}
 	}
-	return Beat{Gen: num(v[0]), NeedRebalance: num(v[1]) == 1, Partitions: parts, InAssignment: num(v[3]) == 1}
+	return Beat{Gen: num(v[0]), NeedRebalance: num(v[1]) == 1, Partitions: parts, InAssignment: num(v[3]) == 1, Incarnation: str(v[4])}
 }
 
 func parsePartitions(s string) ([]int, error) {

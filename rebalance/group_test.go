@@ -159,3 +159,29 @@ func TestTickRenewsEveryLeaseAndFencesLostOnes(t *testing.T) {
 		t.Fatal("a fenced lease was renewed")
 	}
 }
+
+func TestLostAssignmentStartsANewIncarnation(t *testing.T) {
+	ctx, rdb, g := newGroup(t)
+	beat(t, ctx, rdb, g, "a", time.Minute, -1)
+	for range 3 {
+		if _, _, err := rebalance.Rebalance(ctx, rdb, g, "tok", 4, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := beat(t, ctx, rdb, g, "a", time.Minute, 0)
+	if before.Gen != 3 || before.Incarnation == "" {
+		t.Fatalf("before: %+v", before)
+	}
+	// A restart without persistence loses the assignment: generations
+	// restart, under another incarnation, so members follow them.
+	if err := rdb.Del(ctx, g.Assignment).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := rebalance.Rebalance(ctx, rdb, g, "tok", 4, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	after := beat(t, ctx, rdb, g, "a", time.Minute, 3)
+	if after.Gen != 1 || after.Incarnation == "" || after.Incarnation == before.Incarnation || len(after.Partitions) != 4 {
+		t.Fatalf("after the loss: %+v (before %+v)", after, before)
+	}
+}

@@ -5,7 +5,7 @@
 // restricted to [A-Za-z0-9_.-], so ':' and the hash-tag braces can never
 // appear inside a name and every key below is unambiguous):
 //
-//	seg:{N}:streams                 hash   S -> stream metadata ("v1|partitions|maxlen|partitioner")
+//	seg:{N}:streams                 hash   S -> stream metadata ("v1|partitions|maxlen|partitioner", then "|acked" for RetentionAcked)
 //	seg:{N}:groups:S                set    the groups registered on S
 //	seg:{N:S:i}:p                   stream the entries of partition i
 //	seg:{N:S:i}:lease:G             hash   lease of partition i for group G: o owner, e epoch, x expiry (ms, server time), r last fetch id, u unread messages lost to trimming already reported

@@ -16,4 +16,7 @@ end
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], 'm:' .. ARGV[i], ARGV[i + 1]) end
 local next = fmt(tonumber(gen) + 1)
 redis.call('HSET', KEYS[2], 'gen', next, 'dirty', '0')
+if redis.call('HEXISTS', KEYS[2], 'inc') == 0 then
+  redis.call('HSET', KEYS[2], 'inc', fmt(now_us()))
+end
 return {1, next}

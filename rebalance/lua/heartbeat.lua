@@ -2,16 +2,18 @@
 -- time), KEYS[2] assignment (hash: gen, dirty, m:<member> -> "p,p,...").
 -- ARGV: 1 member, 2 session timeout ms, 3 the generation the member knows.
 -- Reply: {gen, need_rebalance, partitions (when gen differs from ARGV[3]),
---         in_assignment}
+--         in_assignment, incarnation}
+-- The incarnation changes when the assignment hash is created anew (e.g. a
+-- restart without persistence lost it): generations restart with it.
 -- A rebalance is needed when this member is not in the assignment (it just
 -- joined, or was evicted), when a member's session expired, or when a member
 -- left.
 local now = now_ms()
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-local a = redis.call('HMGET', KEYS[2], 'gen', 'dirty', 'm:' .. ARGV[1])
+local a = redis.call('HMGET', KEYS[2], 'gen', 'dirty', 'm:' .. ARGV[1], 'inc')
 local gen = a[1] or '0'
 local need = 0
 if not a[3] or a[2] == '1' or redis.call('ZCOUNT', KEYS[1], '-inf', now) > 0 then need = 1 end
 local parts = ''
 if gen ~= ARGV[3] and a[3] then parts = a[3] end
-return {gen, need, parts, a[3] and 1 or 0}
+return {gen, need, parts, a[3] and 1 or 0, a[4] or ''}
