@@ -100,9 +100,9 @@ type PartitionEvent struct {
 }
 
 // WithPartitionListener calls f for every partition the consumer gains or
-// loses. Calls are serialized, come from the consumer's own goroutines (the
-// background loop, Read, Ack), and must return quickly; f must not call
-// Shutdown.
+// loses, in order. Calls are serialized, come from the consumer's own
+// goroutines (the background loop, Read, Ack), and must return quickly; f
+// may call the consumer's methods, except Shutdown.
 func WithPartitionListener(f func(PartitionEvent)) ConsumerOption {
 	return consumerOptionFunc(func(o *consumerOptions) { o.listener = f })
 }
@@ -159,7 +159,6 @@ type Consumer struct {
 
 	readMu     sync.Mutex    // one Read at a time
 	tickMu     sync.Mutex    // one tick at a time; leave waits for the one in flight
-	listenerMu sync.Mutex    // serializes listener calls
 	wake       chan struct{} // asks the background loop for a tick now
 	newEntries chan struct{} // the waiter saw new entries (or failed)
 
@@ -176,18 +175,20 @@ type Consumer struct {
 	changed   chan struct{}    // closed and replaced when ownership changes
 	rotate    int
 	closing   bool
+	flushing  bool // a flushEvents is calling the listener and hooks
 	waiting   bool // a waitForEntries goroutine is running
 	fetchSeq  uint64
 
 	stats     stats
 	retention retentionState // see retention.go
 
-	ctx          context.Context // root of the consumer's background loop
-	cancel       context.CancelFunc
-	wg           sync.WaitGroup
-	shutdownOnce sync.Once
-	shutdownErr  error
-	done         chan struct{}
+	ctx             context.Context // root of the consumer's background loop
+	cancel          context.CancelFunc
+	wg              sync.WaitGroup
+	shutdownStarted atomic.Bool
+	shutdownErr     error // set before done is closed
+	done            chan struct{}
+	born            time.Time // the origin of ownedPartition.valid
 }
 
 // ownedPartition is the local state of a partition whose lease we hold.
@@ -197,6 +198,9 @@ type ownedPartition struct {
 	cancel     context.CancelFunc
 	revoking   bool      // assigned elsewhere: fetch nothing, release once drained
 	validUntil time.Time // after it, deliver nothing before Redis confirms the lease
+	// valid mirrors validUntil, as nanoseconds since the consumer's born,
+	// for checks without the lock (Run, before each handler call).
+	valid atomic.Int64
 	// cursor continues a claim of the pending list ("" when none); a claim
 	// runs after every grant and after every fetch whose reply may be lost.
 	cursor     string
@@ -245,7 +249,9 @@ type Owned struct {
 func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, batchSize int, maxProcessingTime time.Duration, opts ...ConsumerOption) (*Consumer, error) {
 	o := consumerOptions{start: StartEarliest}
 	for _, opt := range opts {
-		opt.applyConsumer(&o)
+		if opt != nil {
+			opt.applyConsumer(&o)
+		}
 	}
 	if o.name == "" {
 		o.name = uuid.NewString()
@@ -307,6 +313,7 @@ func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, 
 		newEntries: make(chan struct{}, 1),
 		changed:    make(chan struct{}),
 		done:       make(chan struct{}),
+		born:       time.Now(),
 	}
 	c.leaseKeys = make([]string, st.Partitions())
 	for i := range c.leaseKeys {
@@ -345,9 +352,18 @@ func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, 
 	return c, nil
 }
 
+// createGroup creates group on every partition of st where it is missing.
+// A new group starts at start; a group registered before that is missing on
+// a partition (the partition was deleted or flushed) is created there anew
+// at the partition's start, never at its end, and reported: only entries
+// that are gone are lost.
 func (s *Segmenter) createGroup(ctx context.Context, st *Stream, group string, start StartPosition) error {
+	known, err := s.rdb.SIsMember(ctx, s.keys.Groups(st.name), group).Result()
+	if err != nil {
+		return fmt.Errorf("segmenter: create group %q on stream %q: %w", group, st.name, err)
+	}
 	pos := "0"
-	if start == StartLatest {
+	if start == StartLatest && !known {
 		pos = "$"
 	}
 	pipe := s.rdb.Pipeline()
@@ -355,12 +371,23 @@ func (s *Segmenter) createGroup(ctx context.Context, st *Stream, group string, s
 	for i, key := range st.keys {
 		cmds[i] = pipe.XGroupCreateMkStream(ctx, key, group, pos)
 	}
-	pipe.SAdd(ctx, s.keys.Groups(st.name), group)
+	add := pipe.SAdd(ctx, s.keys.Groups(st.name), group)
 	_, _ = pipe.Exec(ctx)
+	var recreated []int
 	for i, cmd := range cmds {
-		if err := cmd.Err(); err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP") {
+		switch err := cmd.Err(); {
+		case err == nil && known:
+			recreated = append(recreated, i)
+		case err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP"):
 			return fmt.Errorf("segmenter: create group %q on stream %q partition %d: %w", group, st.name, i, err)
 		}
+	}
+	if err := add.Err(); err != nil {
+		return fmt.Errorf("segmenter: register group %q of stream %q: %w", group, st.name, err)
+	}
+	if len(recreated) > 0 {
+		s.reportError(fmt.Errorf("segmenter: stream %q group %q was missing on partitions %v (deleted or flushed): created again from their first entry: %w",
+			st.name, group, recreated, ErrGroupNotFound))
 	}
 	return nil
 }
@@ -412,6 +439,18 @@ func (c *Consumer) Stats() Stats {
 }
 
 func (c *Consumer) session() time.Duration { return c.seg.cfg.SessionTimeout }
+
+// setValidLocked sets until when op may be delivered without news from Redis.
+func (c *Consumer) setValidLocked(op *ownedPartition, until time.Time) {
+	op.validUntil = until
+	op.valid.Store(int64(until.Sub(c.born)))
+}
+
+// stillValid reports, without the lock, whether op may still be delivered
+// by the local clock.
+func (c *Consumer) stillValid(op *ownedPartition) bool {
+	return int64(time.Since(c.born)) < op.valid.Load()
+}
 
 // validity is how long after sending a successful grant or renewal the
 // consumer keeps delivering a partition on its own: the lease TTL (the
@@ -476,6 +515,7 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 		Member:    c.id,
 		Session:   c.session(),
 		KnownGen:  c.gen,
+		KnownInc:  c.inc,
 		Heartbeat: !closing, // a leaving member must not rejoin
 	}
 	heldParts := make([]int, 0, len(c.parts))
@@ -513,7 +553,7 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 		case r.Fenced:
 			c.dropLocked(p, ErrFenced, true)
 		default:
-			op.validUntil = sent.Add(c.validity())
+			c.setValidLocked(op, sent.Add(c.validity()))
 		}
 	}
 	gained := false
@@ -526,14 +566,15 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 			}
 		case g.Granted:
 			pctx, cancel := context.WithCancel(c.ctx)
-			c.parts[p] = &ownedPartition{
-				epoch:      g.Epoch,
-				ctx:        pctx,
-				cancel:     cancel,
-				validUntil: sent.Add(c.validity()),
-				cursor:     "0-0", // deliver the pending list first
-				inflight:   make(map[string]time.Time),
+			op := &ownedPartition{
+				epoch:    g.Epoch,
+				ctx:      pctx,
+				cancel:   cancel,
+				cursor:   "0-0", // deliver the pending list first
+				inflight: make(map[string]time.Time),
 			}
+			c.setValidLocked(op, sent.Add(c.validity()))
+			c.parts[p] = op
 			gained = true
 			c.events = append(c.events, PartitionEvent{Kind: PartitionAssigned, Partition: p, Epoch: g.Epoch})
 			c.log.Info("partition acquired", "partition", p, "epoch", g.Epoch)
@@ -659,28 +700,37 @@ func (c *Consumer) reportLocked(p int, err error) {
 	c.bgErrs = append(c.bgErrs, err)
 }
 
-// flushEvents sends the queued partition events to the listener.
+// flushEvents gives the queued background errors to Config.OnError and the
+// queued partition events to the listener and hooks, in order. One
+// goroutine flushes at a time; a call made meanwhile (from another
+// goroutine, or from a listener calling the consumer) leaves its events to
+// that one, so callbacks may call the consumer.
 func (c *Consumer) flushEvents() {
 	c.mu.Lock()
-	events, errs := c.events, c.bgErrs
-	c.events, c.bgErrs = nil, nil
-	c.mu.Unlock()
-	for _, err := range errs {
-		c.seg.reportError(err)
-	}
-	if (c.listener == nil && len(c.hooks.partition) == 0) || len(events) == 0 {
+	if c.flushing {
+		c.mu.Unlock()
 		return
 	}
-	c.listenerMu.Lock()
-	defer c.listenerMu.Unlock()
-	for _, e := range events {
-		if c.listener != nil {
-			c.listener(e)
+	c.flushing = true
+	for len(c.events) > 0 || len(c.bgErrs) > 0 {
+		events, errs := c.events, c.bgErrs
+		c.events, c.bgErrs = nil, nil
+		c.mu.Unlock()
+		for _, err := range errs {
+			c.seg.reportError(err)
 		}
-		for _, h := range c.hooks.partition {
-			h.OnPartition(e)
+		for _, e := range events {
+			if c.listener != nil {
+				c.listener(e)
+			}
+			for _, h := range c.hooks.partition {
+				h.OnPartition(e)
+			}
 		}
+		c.mu.Lock()
 	}
+	c.flushing = false
+	c.mu.Unlock()
 }
 
 // dropLocked forgets partition p; with queue, err is returned by the next Read.
@@ -721,9 +771,9 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 	if maxWait < 0 {
 		return nil, invalid("maxWait %v is negative", maxWait)
 	}
+	defer c.flushEvents() // after the unlock: a listener may call Read
 	c.readMu.Lock()
 	defer c.readMu.Unlock()
-	defer c.flushEvents()
 	deadline := time.Now().Add(maxWait)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -745,12 +795,21 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 
 // onDeliver tells the deliver hooks of a batch.
 func (c *Consumer) onDeliver(msgs []*contracts.CMessage, start time.Time) {
-	if len(c.hooks.deliver) == 0 {
-		return
+	if len(c.hooks.deliver) > 0 {
+		ev := DeliverEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Messages: msgs, Start: start, End: time.Now()}
+		for _, h := range c.hooks.deliver {
+			h.OnDeliver(ev)
+		}
 	}
-	ev := DeliverEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Messages: msgs, Start: start, End: time.Now()}
-	for _, h := range c.hooks.deliver {
-		h.OnDeliver(ev)
+	if len(c.hooks.redeliver) > 0 {
+		for _, m := range msgs {
+			if m.DeliveryCount > 1 {
+				ev := RedeliverEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Message: m}
+				for _, h := range c.hooks.redeliver {
+					h.OnRedeliver(ev)
+				}
+			}
+		}
 	}
 }
 
@@ -826,7 +885,12 @@ func (c *Consumer) fillBatch(ctx context.Context, msgs []*contracts.CMessage, pa
 	// partition in this batch. It goes first in the next one.
 	sent := time.Now()
 	res2 := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, rebalance.NeverDue, reqs2)
-	more, _ := c.applyFetch(parts2, reqs2, res2, sent) // an error is kept for the next Read
+	more, err := c.applyFetch(parts2, reqs2, res2, sent)
+	if err != nil {
+		c.mu.Lock()
+		c.errs = append(c.errs, err) // for the next call
+		c.mu.Unlock()
+	}
 	return append(msgs, more...)
 }
 
@@ -918,6 +982,13 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 		case r.Fenced:
 			c.dropLocked(p, ErrFenced, true)
 			continue
+		case !now.Before(op.validUntil):
+			// The reply came after the lease's local validity (the process
+			// or its link stalled): another consumer may own the partition
+			// by now and have delivered these. Deliver nothing; once a
+			// renewal confirms the lease, the pending list is claimed again.
+			op.cursor, op.cursorIdle = "0-0", 0
+			continue
 		case r.Err != nil && redis.HasErrorPrefix(r.Err, "NOGROUP"):
 			c.toRelease = append(c.toRelease, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
 			c.broken[p] = true // never silently recreated: the user must act
@@ -964,7 +1035,14 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 			continue
 		}
 		op.quiet = false
+		// A claim of the whole pending list (after a lost reply or a Nack)
+		// also returns messages the application still holds: they are not
+		// handed out twice.
+		reclaim := reqs[i].Cursor != "" && reqs[i].CursorIdle == 0
 		for _, e := range r.Entries {
+			if at, held := op.inflight[e.ID]; reclaim && held && now.Before(at.Add(c.maxProc)) {
+				continue
+			}
 			m := &contracts.CMessage{
 				Id:            e.ID,
 				Partition:     uint32(p),
@@ -1218,8 +1296,9 @@ func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 // they are delivered again, first (before anything newer of their
 // partition), to this consumer or to the partition's next owner. Use it for
 // messages that will not be processed now, e.g. when stopping. Delivered
-// messages of the same partitions that are neither acked nor nacked are
-// delivered again too. Nack does no I/O.
+// messages that are neither acked nor nacked stay with the application: they
+// are delivered again only once they pass maxProcessingTime. Nack does no
+// I/O.
 func (c *Consumer) Nack(msgs ...*contracts.CMessage) error {
 	for i, m := range msgs {
 		if err := c.checkMessage(i, m); err != nil {
@@ -1260,13 +1339,14 @@ func (c *Consumer) checkMessage(i int, m *contracts.CMessage) error {
 // Shutdown stops the consumer and hands its partitions over: it stops
 // fetching, leaves the group (whose partitions are assigned to the remaining
 // members at once), and releases each partition's lease as soon as the
-// messages it delivered from it are acked or pass maxProcessingTime (bounded
-// by ctx), so the next owner takes it without waiting for a session timeout.
+// messages it delivered from it are acked, nacked or past maxProcessingTime
+// (bounded by ctx), so the next owner takes it without waiting for a session
+// timeout: a partition with nothing in flight is handed over at once.
 // Unacked messages are delivered to the next owner. Shutdown is idempotent
-// and safe to call concurrently; every call waits for the first to finish.
+// and safe to call concurrently; every call waits for the first to finish,
+// or returns ctx's error when its own ctx ends first.
 func (c *Consumer) Shutdown(ctx context.Context) error {
-	c.shutdownOnce.Do(func() {
-		defer close(c.done)
+	if c.shutdownStarted.CompareAndSwap(false, true) {
 		c.mu.Lock()
 		c.closing = true
 		c.notifyLocked()
@@ -1276,17 +1356,20 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 		c.seg.mu.Lock()
 		delete(c.seg.consumers, c)
 		c.seg.mu.Unlock()
-	})
-	select {
-	case <-c.done:
+		close(c.done)
 		return c.shutdownErr
-	default:
 	}
+	// Another call runs it: wait for it, or for this call's ctx.
 	select {
 	case <-c.done:
 		return c.shutdownErr
 	case <-ctx.Done():
-		return ctx.Err()
+		select {
+		case <-c.done:
+			return c.shutdownErr
+		default:
+			return ctx.Err()
+		}
 	}
 }
 

@@ -8,7 +8,8 @@ import (
 
 // A Hook observes a consumer: metrics, tracing and audit logs are built on
 // hooks. A hook is any value that implements one or more of DeliverHook,
-// AckHook, HandlerHook, DeadLetterHook and PartitionHook; the consumer calls
+// RedeliverHook, AckHook, HandlerHook, DeadLetterHook and PartitionHook; the
+// consumer calls
 // the methods it implements. The same events come whether the application
 // uses Run or Read and Ack. Hooks are called synchronously from the
 // consumer's goroutines, must return quickly and must not call the
@@ -19,6 +20,20 @@ type Hook any
 // fetches of Run). Redeliveries are the messages with DeliveryCount > 1.
 type DeliverHook interface {
 	OnDeliver(DeliverEvent)
+}
+
+// RedeliverHook observes every message delivered again (DeliveryCount > 1):
+// its maxProcessingTime passed without an ack, it was nacked, or it was
+// pending with a consumer that lost its partition. It is called after
+// OnDeliver of the batch, once per such message.
+type RedeliverHook interface {
+	OnRedeliver(RedeliverEvent)
+}
+
+// RedeliverEvent is a message delivered again.
+type RedeliverEvent struct {
+	Stream, Group, Consumer string
+	Message                 *contracts.CMessage
 }
 
 // AckHook observes every acknowledgement, partition by partition, with its
@@ -111,6 +126,7 @@ type DeadLetterEvent struct {
 // hooks holds the hooks of a consumer by kind, resolved once.
 type hooks struct {
 	deliver    []DeliverHook
+	redeliver  []RedeliverHook
 	ack        []AckHook
 	handler    []HandlerHook
 	deadLetter []DeadLetterHook
@@ -122,6 +138,9 @@ func newHooks(hs []Hook) hooks {
 	for _, x := range hs {
 		if v, ok := x.(DeliverHook); ok {
 			h.deliver = append(h.deliver, v)
+		}
+		if v, ok := x.(RedeliverHook); ok {
+			h.redeliver = append(h.redeliver, v)
 		}
 		if v, ok := x.(AckHook); ok {
 			h.ack = append(h.ack, v)

@@ -43,17 +43,20 @@ func WithRetryBackoff(initial, max time.Duration) RunOption {
 
 // WithKeyConcurrency processes the messages of different keys of one
 // partition concurrently, those of one key strictly in order, with at most
-// maxInFlight messages of a partition in flight. A failing message holds
-// back only its own key: the key's later messages wait while the other keys
-// of the partition keep flowing. Off (0) by default: a partition's messages
-// are handled one after the other.
+// maxInFlight messages of a partition in flight (handled or queued behind
+// their key). A failing message holds back only its own key: the key's later
+// messages wait while the other keys of the partition keep flowing, until
+// the messages held back fill maxInFlight. Off (0) by default: a
+// partition's messages are handled one after the other.
 func WithKeyConcurrency(maxInFlight int) RunOption {
 	return runOptionFunc(func(o *runOptions) { o.keyConcurrency = maxInFlight })
 }
 
 // WithPoisonHandler sets the handler of poison entries (see Poison), which
-// otherwise go to Run's handler. With WithPoisonPolicy(PoisonDeadLetter)
-// they never reach Run.
+// otherwise go to Run's handler. A poison entry whose handler returns an
+// error is moved to the dead letters at once (retrying cannot make it
+// decodable); nil acknowledges it. With WithPoisonPolicy(PoisonDeadLetter)
+// poison entries never reach Run.
 func WithPoisonHandler(h Handler) RunOption {
 	return runOptionFunc(func(o *runOptions) { o.poison = h })
 }
@@ -78,10 +81,16 @@ func WithAbort(abort context.Context) RunOption {
 // (Nack) and returns nil. Call Shutdown afterwards to hand the partitions
 // over. Run returns ErrClosed when the consumer is shut down. Run and Read
 // must not be used at the same time.
+//
+// A handler should return soon after its context is cancelled: Run waits
+// for it before returning, and a partition whose handler has not returned
+// is not handled again in this process, even under a new lease.
 func (c *Consumer) Run(ctx context.Context, h Handler, opts ...RunOption) error {
 	o := runOptions{backoffMin: 100 * time.Millisecond, backoffMax: 10 * time.Second}
 	for _, opt := range opts {
-		opt.applyRun(&o)
+		if opt != nil {
+			opt.applyRun(&o)
+		}
 	}
 	var errs []error
 	if h == nil {
@@ -142,14 +151,25 @@ type runner struct {
 
 	mu    sync.Mutex
 	parts map[int]*runPart
+	// retryAt: per-key mode refused a partition with some room only to
+	// fetch in batches; the dispatcher looks again then.
+	retryAt time.Time
 }
+
+// keyFetchGap is how long, in per-key mode, a partition with in-flight
+// messages and less than half its room free waits before it is fetched
+// anyway: fetches come in batches, yet a key held back by failures never
+// stops the other keys of its partition.
+const keyFetchGap = 5 * time.Millisecond
 
 // runPart is Run's state of one partition under one epoch.
 type runPart struct {
 	p        int
 	epoch    int64
 	ctx      context.Context // the partition's: cancelled on revoke, loss, shutdown
+	op       *ownedPartition // the consumer's state of it (nil: no longer held)
 	inflight int             // handed to workers, not finished
+	fetched  time.Time       // per-key mode: when it was last let fetch
 	keys     map[string][]*contracts.CMessage
 	acks     []*contracts.CMessage // per-key mode: handled, to ack
 	acksFrom time.Time             // when the oldest of acks was handled
@@ -184,7 +204,14 @@ func (r *runner) run() error {
 			r.dispatch(msgs)
 			continue
 		}
-		_ = c.wait(r.stop, min(c.seg.cfg.BlockInterval, touchEvery), r.idle)
+		d := min(c.seg.cfg.BlockInterval, touchEvery)
+		r.mu.Lock()
+		if !r.retryAt.IsZero() {
+			d = min(d, max(time.Until(r.retryAt), time.Millisecond))
+			r.retryAt = time.Time{}
+		}
+		r.mu.Unlock()
+		_ = c.wait(r.stop, d, r.idle)
 	}
 	return nil
 }
@@ -194,20 +221,29 @@ func (r *runner) limit(p int) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rp := r.parts[p]
-	inflight := 0
-	if rp != nil && rp.ctx.Err() == nil {
-		inflight = rp.inflight
-	}
-	if r.o.keyConcurrency == 0 {
-		if inflight > 0 {
-			return 0
-		}
+	if rp == nil || rp.inflight == 0 {
 		return r.c.batch
 	}
-	room := r.o.keyConcurrency - inflight
-	if inflight > 0 && room < r.o.keyConcurrency/2 {
-		return 0 // fetch in batches, not a message per finished one
+	// Handlers of an earlier epoch of the partition still running (they
+	// were cancelled, but have not returned): nothing of the new epoch
+	// starts alongside them.
+	if r.o.keyConcurrency == 0 || rp.ctx.Err() != nil {
+		return 0
 	}
+	room := r.o.keyConcurrency - rp.inflight
+	if room <= 0 {
+		return 0
+	}
+	if room < r.o.keyConcurrency/2 {
+		// Fetch in batches, not a message per finished one.
+		if next := rp.fetched.Add(keyFetchGap); time.Now().Before(next) {
+			if r.retryAt.IsZero() || next.Before(r.retryAt) {
+				r.retryAt = next
+			}
+			return 0
+		}
+	}
+	rp.fetched = time.Now()
 	return room
 }
 
@@ -232,9 +268,14 @@ func (r *runner) dispatch(msgs []*contracts.CMessage) {
 		byPart[p] = append(byPart[p], m)
 	}
 	// The partitions' contexts first: c.mu is never taken under r.mu.
-	pctx := make(map[int]context.Context, len(order))
+	type held struct {
+		ctx context.Context
+		op  *ownedPartition
+	}
+	pctx := make(map[int]held, len(order))
 	for _, p := range order {
-		pctx[p] = r.c.partitionContext(p, byPart[p][0].Epoch)
+		ctx, op := r.c.partitionContext(p, byPart[p][0].Epoch)
+		pctx[p] = held{ctx, op}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -242,7 +283,7 @@ func (r *runner) dispatch(msgs []*contracts.CMessage) {
 		ms := byPart[p]
 		rp := r.parts[p]
 		if rp == nil || rp.epoch != ms[0].Epoch {
-			rp = &runPart{p: p, epoch: ms[0].Epoch, ctx: pctx[p], keys: make(map[string][]*contracts.CMessage)}
+			rp = &runPart{p: p, epoch: ms[0].Epoch, ctx: pctx[p].ctx, op: pctx[p].op, keys: make(map[string][]*contracts.CMessage)}
 			r.parts[p] = rp
 		}
 		rp.inflight += len(ms)
@@ -279,7 +320,7 @@ func (r *runner) runSequential(rp *runPart, ms []*contracts.CMessage) {
 	var acks []*contracts.CMessage
 	progress := func() { r.ack(acks); acks = acks[:0] }
 	for i, m := range ms {
-		if !r.handle(hctx, m, &acks, progress) {
+		if !r.handle(hctx, rp, m, &acks, progress) {
 			_ = r.c.Nack(ms[i:]...)
 			break
 		}
@@ -311,7 +352,7 @@ func (r *runner) runKey(rp *runPart, key string) {
 		r.mu.Unlock()
 
 		var acks []*contracts.CMessage
-		ok := r.handle(hctx, m, &acks, progress)
+		ok := r.handle(hctx, rp, m, &acks, progress)
 
 		r.mu.Lock()
 		if !ok {
@@ -361,18 +402,21 @@ func (r *runner) finished(rp *runPart, n int) {
 // handle runs the handler on m until it succeeds (m is added to acks), m is
 // dead-lettered, or handling must stop (false: hand m back). progress acks
 // what was handled so far, before a wait.
-func (r *runner) handle(ctx context.Context, m *contracts.CMessage, acks *[]*contracts.CMessage, progress func()) bool {
+func (r *runner) handle(ctx context.Context, rp *runPart, m *contracts.CMessage, acks *[]*contracts.CMessage, progress func()) bool {
 	h := r.h
-	if m.PoisonReason != "" && r.o.poison != nil {
+	poison := m.PoisonReason != ""
+	if poison && r.o.poison != nil {
 		h = r.o.poison
 	}
 	var lastErr error
 	for attempt := 1; ; attempt++ {
 		if max := r.c.opts.maxDeliveries; max > 0 && int(m.DeliveryCount)+attempt-1 > max {
 			progress()
-			return r.deadLetter(ctx, m, attempt-1, lastErr)
+			return r.deadLetter(ctx, m, r.maxDeliveriesReason(m, attempt-1, lastErr))
 		}
-		if ctx.Err() != nil || r.stop.Err() != nil {
+		// The lease may have passed to another consumer by the local clock
+		// (renewals failing): start nothing before Redis confirms it.
+		if ctx.Err() != nil || r.stop.Err() != nil || rp.op == nil || !r.c.stillValid(rp.op) {
 			return false
 		}
 		err := r.call(ctx, h, m, attempt)
@@ -383,20 +427,30 @@ func (r *runner) handle(ctx context.Context, m *contracts.CMessage, acks *[]*con
 		lastErr = err
 		r.c.log.Warn("handler failed", "partition", m.Partition, "id", m.Id, "attempt", attempt, "err", err)
 		progress() // what was handled is not redone after a crash
+		if poison && ctx.Err() == nil {
+			// Retrying cannot make an entry decodable: it would hold its
+			// partition (or key) back for ever.
+			return r.deadLetter(ctx, m, "poison entry ("+m.PoisonReason+"), handler failed: "+err.Error())
+		}
 		if !r.backoff(ctx, attempt) {
 			return false
 		}
 	}
 }
 
-// deadLetter moves m to the dead letters, retrying while the move fails.
-func (r *runner) deadLetter(ctx context.Context, m *contracts.CMessage, attempts int, lastErr error) bool {
-	// Run's retries count as deliveries.
+// maxDeliveriesReason is the dead-letter reason of m, delivered too often.
+// Run's retries count as deliveries: it adds them to m.DeliveryCount.
+func (r *runner) maxDeliveriesReason(m *contracts.CMessage, attempts int, lastErr error) string {
 	m.DeliveryCount += uint32(max(attempts-1, 0))
 	reason := fmt.Sprintf("delivered %d times (MaxDeliveries %d)", m.DeliveryCount, r.c.opts.maxDeliveries)
 	if lastErr != nil {
 		reason += ": " + lastErr.Error()
 	}
+	return reason
+}
+
+// deadLetter moves m to the dead letters, retrying while the move fails.
+func (r *runner) deadLetter(ctx context.Context, m *contracts.CMessage, reason string) bool {
 	for attempt := 1; ; attempt++ {
 		err := r.c.DeadLetter(context.WithoutCancel(ctx), reason, m)
 		if err == nil {
@@ -433,9 +487,12 @@ func (r *runner) backoff(ctx context.Context, attempt int) bool {
 // call runs the handler once, with the handler hooks; a panic is an error.
 func (r *runner) call(ctx context.Context, h Handler, m *contracts.CMessage, attempt int) (err error) {
 	c := r.c
-	ev := HandlerEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Message: m, Attempt: attempt, Start: time.Now()}
-	for _, hk := range c.hooks.handler {
-		hk.OnHandlerStart(ev)
+	var ev HandlerEvent
+	if len(c.hooks.handler) > 0 {
+		ev = HandlerEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Message: m, Attempt: attempt, Start: time.Now()}
+		for _, hk := range c.hooks.handler {
+			hk.OnHandlerStart(ev)
+		}
 	}
 	defer func() {
 		if p := recover(); p != nil {
@@ -517,17 +574,17 @@ func (r *runner) finish() {
 	r.ackerWG.Wait()
 }
 
-// partitionContext returns the context of partition p under epoch, or a
-// cancelled one when the consumer no longer holds it.
-func (c *Consumer) partitionContext(p int, epoch int64) context.Context {
+// partitionContext returns the context and the state of partition p under
+// epoch, or a cancelled context and nil when the consumer no longer holds it.
+func (c *Consumer) partitionContext(p int, epoch int64) (context.Context, *ownedPartition) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if op, ok := c.parts[p]; ok && op.epoch == epoch && !op.revoking {
-		return op.ctx
+		return op.ctx, op
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	return ctx
+	return ctx, nil
 }
 
 // touchInflight resets, in Redis, the idle time of delivered messages that

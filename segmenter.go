@@ -46,8 +46,10 @@ type Config struct {
 	SessionTimeout time.Duration
 
 	// HeartbeatInterval is how often a consumer heartbeats, renews its
-	// leases and learns of a new assignment. Default 1s. Must be below
-	// SessionTimeout (a third of it or less is wise).
+	// leases and learns of a new assignment. Default 1s, or a third of
+	// SessionTimeout when that is shorter. At most half of SessionTimeout (a
+	// third or less is wise: a consumer stops delivering a partition on its
+	// own 4/5 of SessionTimeout after its last successful renewal).
 	HeartbeatInterval time.Duration
 
 	// BlockInterval bounds one blocking wait of Consumer.Read for new
@@ -102,8 +104,10 @@ func (c *Config) validate() error {
 	if c.SessionTimeout < 10*time.Millisecond {
 		errs = append(errs, invalid("SessionTimeout %v is below 10ms", c.SessionTimeout))
 	}
-	if c.HeartbeatInterval <= 0 || c.HeartbeatInterval >= c.SessionTimeout {
-		errs = append(errs, invalid("HeartbeatInterval %v must be above 0 and below SessionTimeout %v", c.HeartbeatInterval, c.SessionTimeout))
+	if c.HeartbeatInterval <= 0 || c.HeartbeatInterval > c.SessionTimeout/2 {
+		// A consumer delivers a partition for 4/5 of the session after a
+		// renewal: the next renewal must come well within that.
+		errs = append(errs, invalid("HeartbeatInterval %v must be above 0 and at most half of SessionTimeout %v", c.HeartbeatInterval, c.SessionTimeout))
 	}
 	if c.BlockInterval < time.Millisecond {
 		errs = append(errs, invalid("BlockInterval %v is below 1ms", c.BlockInterval))
@@ -267,7 +271,9 @@ func decodeMeta(s string) (streamMeta, error) {
 func (s *Segmenter) RegisterStream(ctx context.Context, name string, partitions int, maxLenPerPartition int64, opts ...StreamOption) (*Stream, error) {
 	var o streamOptions
 	for _, opt := range opts {
-		opt.applyStream(&o)
+		if opt != nil {
+			opt.applyStream(&o)
+		}
 	}
 	if o.partitioner == nil {
 		o.partitioner = partition.Default
@@ -335,7 +341,9 @@ func (s *Segmenter) streamMeta(ctx context.Context, name string) (streamMeta, er
 func (s *Segmenter) GetStream(ctx context.Context, name string, opts ...StreamOption) (*Stream, error) {
 	var o streamOptions
 	for _, opt := range opts {
-		opt.applyStream(&o)
+		if opt != nil {
+			opt.applyStream(&o)
+		}
 	}
 	m, err := s.lookupStream(ctx, name)
 	if err != nil {

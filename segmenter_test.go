@@ -44,6 +44,7 @@ func TestNewSegmenterRejectsBadConfig(t *testing.T) {
 		{"namespace with a brace", &segmenter.Config{Namespace: "a{b", Client: rdb}, []string{`character '{'`}},
 		{"namespace too long", &segmenter.Config{Namespace: long, Client: rdb}, []string{"maximum is 128"}},
 		{"heartbeat not below session", &segmenter.Config{Namespace: "ns", Client: rdb, SessionTimeout: time.Second, HeartbeatInterval: time.Second}, []string{"HeartbeatInterval"}},
+		{"heartbeat over half the session", &segmenter.Config{Namespace: "ns", Client: rdb, SessionTimeout: time.Second, HeartbeatInterval: 600 * time.Millisecond}, []string{"HeartbeatInterval"}},
 		{"tiny ttl and bad block", &segmenter.Config{Namespace: "ns", Client: rdb, SessionTimeout: time.Millisecond, BlockInterval: -1}, []string{"SessionTimeout", "BlockInterval"}},
 		{"bad url", &segmenter.Config{Namespace: "ns", RedisURL: "http://nope"}, []string{"RedisURL"}},
 	}
@@ -386,5 +387,12 @@ func TestCustomPartitioner(t *testing.T) {
 	got := drain(t, c, nil, 1, 5*time.Second)
 	if int(got[0].Partition) != st.PartitionOf("k") {
 		t.Fatalf("message on partition %d, want %d", got[0].Partition, st.PartitionOf("k"))
+	}
+	// ... but its Stream cannot send: an error, not a panic.
+	if _, err := c.Stream().Send(ctx, msg("k", "v")); !errors.Is(err, segmenter.ErrInvalidArgument) {
+		t.Fatalf("Send through a consumer's Stream without the partitioner: %v", err)
+	}
+	if _, err := c.Stream().SendBatch(ctx, []*contracts.PMessage{msg("k", "v")}); !errors.Is(err, segmenter.ErrInvalidArgument) {
+		t.Fatalf("SendBatch through a consumer's Stream without the partitioner: %v", err)
 	}
 }

@@ -106,6 +106,9 @@ func (st *Stream) Partitioner() string { return st.meta.partitioner }
 func (st *Stream) Retention() Retention { return st.meta.retention }
 
 func (st *Stream) validate(m *contracts.PMessage) error {
+	if u, ok := st.partitioner.(unknownPartitioner); ok {
+		return invalid("stream %q uses partitioner %q, which this Stream lacks: send through GetStream with WithPartitioner", st.name, u.name)
+	}
 	if m == nil {
 		return invalid("nil message")
 	}

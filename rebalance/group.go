@@ -44,8 +44,8 @@ type Beat struct {
 	Gen           int64 // the group's current generation
 	NeedRebalance bool  // the assignment does not match the live members
 	// InAssignment reports whether the member is in the current assignment;
-	// Partitions is its share, set only when Gen differs from the
-	// generation the member sent.
+	// Partitions is its share, set only when Gen or Incarnation differs
+	// from what the member sent.
 	InAssignment bool
 	Partitions   []int
 	// Incarnation identifies the assignment's history: it changes when the
@@ -61,7 +61,8 @@ type Tick struct {
 	Member    string
 	Session   time.Duration // session timeout, also the lease TTL
 	KnownGen  int64
-	Heartbeat bool // false while leaving: renew only
+	KnownInc  string // the incarnation KnownGen belongs to
+	Heartbeat bool   // false while leaving: renew only
 	Renew     []Held
 	Acquire   []string // lease keys
 }
@@ -79,7 +80,7 @@ func RunTick(ctx context.Context, rdb redis.Cmdable, t Tick) TickResult {
 	var hb *call
 	if t.Heartbeat {
 		hb = b.add(heartbeatScript, []string{t.Group.Members, t.Group.Assignment},
-			t.Member, t.Session.Milliseconds(), strconv.FormatInt(t.KnownGen, 10))
+			t.Member, t.Session.Milliseconds(), strconv.FormatInt(t.KnownGen, 10), t.KnownInc)
 	}
 	// One script renews every lease on a single node; a cluster spreads the
 	// leases over slots, one script each.

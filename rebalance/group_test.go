@@ -24,7 +24,12 @@ func newGroup(t *testing.T) (context.Context, *redis.Client, rebalance.Group) {
 
 func beat(t *testing.T, ctx context.Context, rdb *redis.Client, g rebalance.Group, member string, session time.Duration, known int64) rebalance.Beat {
 	t.Helper()
-	b := rebalance.RunTick(ctx, rdb, rebalance.Tick{Group: g, Member: member, Session: session, KnownGen: known, Heartbeat: true}).Beat
+	// A member that knows a generation knows its incarnation.
+	var inc string
+	if known >= 0 {
+		inc = rdb.HGet(ctx, g.Assignment, "inc").Val()
+	}
+	b := rebalance.RunTick(ctx, rdb, rebalance.Tick{Group: g, Member: member, Session: session, KnownGen: known, KnownInc: inc, Heartbeat: true}).Beat
 	if b.Err != nil {
 		t.Fatal(b.Err)
 	}
@@ -180,8 +185,44 @@ func TestLostAssignmentStartsANewIncarnation(t *testing.T) {
 	if _, _, err := rebalance.Rebalance(ctx, rdb, g, "tok", 4, time.Second); err != nil {
 		t.Fatal(err)
 	}
-	after := beat(t, ctx, rdb, g, "a", time.Minute, 3)
+	after := rebalance.RunTick(ctx, rdb, rebalance.Tick{Group: g, Member: "a", Session: time.Minute, KnownGen: 3, KnownInc: before.Incarnation, Heartbeat: true}).Beat
 	if after.Gen != 1 || after.Incarnation == "" || after.Incarnation == before.Incarnation || len(after.Partitions) != 4 {
 		t.Fatalf("after the loss: %+v (before %+v)", after, before)
+	}
+}
+
+func TestRolledBackGenerationGoesOnFromTheNewestSeen(t *testing.T) {
+	ctx, rdb, g := newGroup(t)
+	beat(t, ctx, rdb, g, "a", time.Minute, -1)
+	for range 3 {
+		if _, _, err := rebalance.Rebalance(ctx, rdb, g, "tok", 4, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := beat(t, ctx, rdb, g, "a", time.Minute, -1)
+	if seen.Gen != 3 || len(seen.Partitions) != 4 {
+		t.Fatalf("before: %+v", seen)
+	}
+	// Known generation and incarnation: nothing to send.
+	same := rebalance.RunTick(ctx, rdb, rebalance.Tick{Group: g, Member: "a", Session: time.Minute, KnownGen: 3, KnownInc: seen.Incarnation, Heartbeat: true}).Beat
+	if same.Err != nil || same.Gen != 3 || len(same.Partitions) != 0 || same.NeedRebalance {
+		t.Fatalf("known generation: %+v", same)
+	}
+	// An asynchronous failover loses the last commit: the server is back at
+	// generation 2 of the same incarnation, which the member has seen past.
+	if err := rdb.HSet(ctx, g.Assignment, "gen", "2").Err(); err != nil {
+		t.Fatal(err)
+	}
+	back := rebalance.RunTick(ctx, rdb, rebalance.Tick{Group: g, Member: "a", Session: time.Minute, KnownGen: 3, KnownInc: seen.Incarnation, Heartbeat: true}).Beat
+	if back.Err != nil || back.Gen != 3 || !back.NeedRebalance {
+		t.Fatalf("after the rollback: %+v, want generation 3 and a rebalance", back)
+	}
+	gen, _, err := rebalance.Rebalance(ctx, rdb, g, "tok", 4, time.Second)
+	if err != nil || gen != 4 {
+		t.Fatalf("rebalance after the rollback: generation %d, %v; want 4", gen, err)
+	}
+	next := rebalance.RunTick(ctx, rdb, rebalance.Tick{Group: g, Member: "a", Session: time.Minute, KnownGen: 3, KnownInc: seen.Incarnation, Heartbeat: true}).Beat
+	if next.Gen != 4 || len(next.Partitions) != 4 || next.Incarnation != seen.Incarnation {
+		t.Fatalf("the next assignment: %+v", next)
 	}
 }

@@ -1,10 +1,15 @@
 -- heartbeat: KEYS[1] members (zset: member -> session expiry, ms server
 -- time), KEYS[2] assignment (hash: gen, dirty, m:<member> -> "p,p,...").
--- ARGV: 1 member, 2 session timeout ms, 3 the generation the member knows.
--- Reply: {gen, need_rebalance, partitions (when gen differs from ARGV[3]),
---         in_assignment, incarnation}
+-- ARGV: 1 member, 2 session timeout ms, 3 the generation the member knows,
+--       4 the incarnation it belongs to.
+-- Reply: {gen, need_rebalance, partitions (when gen or incarnation differs
+--         from ARGV[3], ARGV[4]), in_assignment, incarnation}
 -- The incarnation changes when the assignment hash is created anew (e.g. a
--- restart without persistence lost it): generations restart with it.
+-- restart without persistence lost it): generations restart with it. A
+-- member that knows a newer generation of the same incarnation than the
+-- stored one saw writes the server lost (an asynchronous failover): the
+-- generation goes on from the member's, and the group rebalances, so that
+-- the next assignment is newer than any a member has acted on.
 -- A rebalance is needed when this member is not in the assignment (it just
 -- joined, or was evicted), when a member's session expired, or when a member
 -- left.
@@ -12,8 +17,14 @@ local now = now_ms()
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 local a = redis.call('HMGET', KEYS[2], 'gen', 'dirty', 'm:' .. ARGV[1], 'inc')
 local gen = a[1] or '0'
+local inc = a[4] or ''
 local need = 0
+if inc ~= '' and inc == ARGV[4] and tonumber(ARGV[3]) > tonumber(gen) then
+  gen = ARGV[3]
+  redis.call('HSET', KEYS[2], 'gen', gen, 'dirty', '1')
+  a[2] = '1'
+end
 if not a[3] or a[2] == '1' or redis.call('ZCOUNT', KEYS[1], '-inf', now) > 0 then need = 1 end
 local parts = ''
-if gen ~= ARGV[3] and a[3] then parts = a[3] end
+if (gen ~= ARGV[3] or inc ~= ARGV[4]) and a[3] then parts = a[3] end
 return {gen, need, parts, a[3] and 1 or 0, a[4] or ''}

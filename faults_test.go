@@ -1,0 +1,312 @@
+package segmenter_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmenter/segmenter"
+	"github.com/segmenter/segmenter/contracts"
+	"github.com/segmenter/segmenter/internal/redistest"
+)
+
+// fetchFault is a go-redis hook on one consumer's client that acts on the
+// consumer's fenced fetches (recognised by their fetch id, "<name>:<seq>").
+//
+//   - failNext: the next fetch fails without reaching Redis;
+//   - holdNext: the next fetch runs in Redis, but its reply comes back only
+//     after hold, and every other call of the client meanwhile waits too (a
+//     stalled process or link).
+type fetchFault struct {
+	id       *regexp.Regexp
+	failNext atomic.Bool
+	holdNext atomic.Bool
+	hold     time.Duration
+	until    atomic.Int64 // unix nanos: other calls wait until then
+	held     chan struct{}
+	fetches  atomic.Int64 // fetches that ran in Redis
+	// failed: a fetch was failed; afterFailure counts the fetches since.
+	failed       atomic.Bool
+	afterFailure atomic.Int64
+}
+
+func newFetchFault(name string) *fetchFault {
+	return &fetchFault{id: regexp.MustCompile("^" + regexp.QuoteMeta(name) + `:\d+$`), held: make(chan struct{}, 1)}
+}
+
+func (f *fetchFault) isFetch(cmds []redis.Cmder) bool {
+	for _, c := range cmds {
+		for _, a := range c.Args() {
+			if s, ok := a.(string); ok && f.id.MatchString(s) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (f *fetchFault) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (f *fetchFault) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (f *fetchFault) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		fetch := f.isFetch(cmds)
+		switch {
+		case fetch && f.failNext.CompareAndSwap(true, false):
+			f.failed.Store(true)
+			err := errors.New("test: fetch cut off")
+			for _, c := range cmds {
+				c.SetErr(err)
+			}
+			return err
+		case fetch && f.holdNext.CompareAndSwap(true, false):
+			f.until.Store(time.Now().Add(f.hold).UnixNano())
+			err := next(ctx, cmds)
+			f.fetches.Add(1)
+			f.held <- struct{}{}
+			time.Sleep(f.hold) // the stall under test
+			return err
+		}
+		if d := time.Until(time.Unix(0, f.until.Load())); d > 0 {
+			time.Sleep(d) // the stall under test: nothing passes meanwhile
+		}
+		err := next(ctx, cmds)
+		if fetch && err == nil {
+			f.fetches.Add(1)
+			if f.failed.Load() {
+				f.afterFailure.Add(1)
+			}
+		}
+		return err
+	}
+}
+
+// A consumer whose fetch reply comes back after its lease's local validity
+// (the process stalled, or its link) must not hand the messages out: another
+// consumer may own the partition by then and have delivered them.
+func TestFetchReplyPastTheLeaseValidityDeliversNothing(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Client(t)
+	ff := newFetchFault("A")
+	ff.hold = 2 * testSession // the validity is 4/5 of the session
+	rdb.AddHook(ff)
+	seg := newSegmenter(t, redistest.Namespace(t), rdb)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("A"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := send(t, st, nil, msg("k", "0"), msg("k", "1"), msg("k", "2"))
+
+	ff.holdNext.Store(true)
+	msgs, err := a.Read(ctx, 0)
+	if len(msgs) > 0 {
+		t.Fatalf("a Read whose fetch came back past the lease's validity delivered %d messages (err %v)", len(msgs), err)
+	}
+	select {
+	case <-ff.held:
+	default:
+		t.Fatal("the fetch was not held: the test did not test anything")
+	}
+	// Nothing is lost: once a renewal confirms the lease, the messages the
+	// dropped reply carried are claimed again, first, in order.
+	var got []*contracts.CMessage
+	deadline := time.Now().Add(10 * time.Second)
+	for len(got) < len(sent) && time.Now().Before(deadline) {
+		m, err := a.Read(ctx, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, m...)
+	}
+	if len(got) != len(sent) {
+		t.Fatalf("got %d of %d messages after the stall", len(got), len(sent))
+	}
+	for i, m := range got {
+		if m.Id != sent[i] || m.DeliveryCount < 2 {
+			t.Fatalf("message %d after the stall: %s (delivery %d), want %s redelivered", i, m.Id, m.DeliveryCount, sent[i])
+		}
+	}
+	if err := a.Ack(ctx, got...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// After a failed fetch the consumer claims the partition's whole pending
+// list again (the failed read may have moved messages there unseen). The
+// messages the application still holds are in that list: they must not be
+// handed out a second time.
+func TestReclaimAfterAFailedFetchSkipsHeldMessages(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Client(t)
+	ff := newFetchFault("A")
+	rdb.AddHook(ff)
+	seg := newSegmenter(t, redistest.Namespace(t), rdb)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := seg.RegisterConsumer(ctx, "s", "g", 5, time.Minute, segmenter.WithConsumerName("A"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var batch []*contracts.PMessage
+	for i := range 10 {
+		batch = append(batch, msg("k", strconv.Itoa(i)))
+	}
+	sent := send(t, st, nil, batch...)
+
+	held, err := a.Read(ctx, time.Second)
+	if err != nil || len(held) != 5 {
+		t.Fatalf("first read: %d messages, %v", len(held), err)
+	}
+	ff.failNext.Store(true)
+	if _, err := a.Read(ctx, 0); err == nil {
+		t.Fatal("the cut fetch returned no error")
+	}
+	var rest []*contracts.CMessage
+	deadline := time.Now().Add(5 * time.Second)
+	for len(rest) < 5 && time.Now().Before(deadline) {
+		m, err := a.Read(ctx, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rest = append(rest, m...)
+	}
+	for i, m := range rest {
+		if m.Id != sent[5+i] {
+			t.Fatalf("after the failed fetch, message %d is %s (data %s), want %s: the held messages came again", i, m.Id, m.Data, sent[5+i])
+		}
+	}
+	if len(rest) != 5 {
+		t.Fatalf("after the failed fetch: %d messages, want the 5 not yet read", len(rest))
+	}
+	if err := a.Ack(ctx, append(held, rest...)...); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := a.Read(ctx, 0); len(m) != 0 || err != nil {
+		t.Fatalf("after acking everything: %d messages, %v", len(m), err)
+	}
+}
+
+// The same under Run with per-key concurrency, which fetches while handlers
+// run: a failed fetch must not make in-flight messages run twice.
+func TestRunPerKeyFailedFetchRunsNothingTwice(t *testing.T) {
+	for _, kc := range []int{0, 100} {
+		t.Run(fmt.Sprint("keyConcurrency=", kc), func(t *testing.T) {
+			ctx := context.Background()
+			rdb := redistest.Client(t)
+			ff := newFetchFault("A")
+			rdb.AddHook(ff)
+			seg := newSegmenter(t, redistest.Namespace(t), rdb)
+			st, err := seg.RegisterStream(ctx, "s", 1, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := seg.RegisterConsumer(ctx, "s", "g", 100, time.Minute, segmenter.WithConsumerName("A"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var batch []*contracts.PMessage
+			for i := range 10 {
+				batch = append(batch, msg("A", strconv.Itoa(i)))
+			}
+			for i := range 10 {
+				batch = append(batch, msg("B", strconv.Itoa(i)))
+			}
+			send(t, st, nil, batch...)
+			var mu sync.Mutex
+			seen := map[string][]string{}
+			started, release := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			var opts []segmenter.RunOption
+			if kc > 0 {
+				opts = append(opts, segmenter.WithKeyConcurrency(kc))
+			}
+			stop := runUntil(t, c, func(ctx context.Context, m *contracts.CMessage) error {
+				mu.Lock()
+				seen[m.PartitionKey] = append(seen[m.PartitionKey], string(m.Data))
+				mu.Unlock()
+				if m.PartitionKey == "A" && string(m.Data) == "0" {
+					once.Do(func() { close(started); <-release })
+				}
+				return nil
+			}, opts...)
+			<-started
+			ff.failNext.Store(true)
+			// Let the consumer fetch again after the failure (per-key mode
+			// fetches while A's first message is held).
+			if kc > 0 {
+				redistest.Eventually(t, 10*time.Second, func() bool { return ff.afterFailure.Load() > 0 }, "no fetch after the failure")
+			}
+			close(release)
+			// Every message delivered was handled (a copy handed out again
+			// would be delivered, then handled), and all were acked.
+			redistest.Eventually(t, 10*time.Second, func() bool {
+				mu.Lock()
+				n := len(seen["A"]) + len(seen["B"])
+				mu.Unlock()
+				s := c.Stats()
+				return s.Acked >= 20 && uint64(n) >= s.Delivered
+			}, "not every message was handled and acked")
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, k := range []string{"A", "B"} {
+				want := []string{"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"}
+				if fmt.Sprint(seen[k]) != fmt.Sprint(want) {
+					t.Errorf("key %s handled %v, want each message once, in order", k, seen[k])
+				}
+			}
+		})
+	}
+}
+
+// A key whose messages keep failing holds back only itself, also once its
+// backlog fills more than half of the partition's in-flight bound.
+func TestRunPerKeyFailingBacklogOverHalfTheBoundDoesNotStallOtherKeys(t *testing.T) {
+	ctx := context.Background()
+	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 100, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const bound, bad, good = 20, 14, 100 // bad > bound/2
+	var batch []*contracts.PMessage
+	for i := range bad {
+		batch = append(batch, msg("bad", strconv.Itoa(i)))
+	}
+	for i := range good {
+		batch = append(batch, msg("good-"+strconv.Itoa(i%3), strconv.Itoa(i)))
+	}
+	send(t, st, nil, batch...)
+	var handled atomic.Int64
+	stop := runUntil(t, c, func(ctx context.Context, m *contracts.CMessage) error {
+		if m.PartitionKey == "bad" {
+			return errors.New("test: always fails")
+		}
+		handled.Add(1)
+		return nil
+	}, segmenter.WithKeyConcurrency(bound), segmenter.WithRetryBackoff(time.Millisecond, 5*time.Millisecond))
+	redistest.Eventually(t, 10*time.Second, func() bool { return handled.Load() == good },
+		"the other keys stalled behind the failing one")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
