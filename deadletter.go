@@ -335,7 +335,8 @@ func parseDeadLetter(stream, group string, p int, x redis.XMessage) DeadLetter {
 			if ms, err := strconv.ParseInt(val, 10, 64); err == nil {
 				d.At = time.UnixMilli(ms)
 			}
-		case rebalance.FieldTo:
+		case rebalance.FieldRedriveTo:
+			// the marker of a letter re-driven before: not the message's
 		default:
 			if !strings.HasPrefix(name, rebalance.DeadLetterFieldPrefix) {
 				fields = append(fields, name, val)
@@ -393,9 +394,13 @@ func checkLetters(stream, group string, partitions int, letters []DeadLetter) (m
 // Each letter is appended to the end of its partition with its original
 // fields and removed from the dead letters, atomically per partition (one
 // script call per partition, all in one round trip). It gets a new stream
-// ID and is delivered to the group again with a delivery count of 1. The
-// other groups of the stream skip it: they acknowledge it without
-// delivering it.
+// ID and is delivered to the group again with a delivery count of 1,
+// decoded as before: a poison entry (one another tool wrote) is delivered
+// as poison with its own fields. The other groups of the stream skip it:
+// they acknowledge it without delivering it. The entry names its group in
+// a first field seg.to, which the group's consumers drop before decoding
+// it (the name seg.to is reserved: an entry of another tool that starts
+// with it is taken for a re-driven one).
 //
 // Ordering caveat: a re-driven message comes after every message sent to
 // its partition meanwhile, so per-key order does not hold between it and

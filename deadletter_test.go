@@ -19,6 +19,7 @@ import (
 	"github.com/segmenter/segmenter/internal/invariant"
 	"github.com/segmenter/segmenter/internal/keyspace"
 	"github.com/segmenter/segmenter/internal/redistest"
+	"github.com/segmenter/segmenter/rebalance"
 )
 
 // deadLetterHook records the dead-letter events of a consumer.
@@ -450,6 +451,95 @@ func TestRedriveDeadLettersGoBackToTheirGroupOnly(t *testing.T) {
 	checkLog(t, recA, invariant.Options{MaxProcessingTime: time.Minute, RequireAllAcked: true})
 }
 
+func TestRedrivenPoisonGoesToItsGroupOnly(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Client(t)
+	ns := redistest.Namespace(t)
+	keys := keyspace.New(ns)
+	seg := newSegmenter(t, ns, rdb)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	billing, err := seg.RegisterConsumer(ctx, "s", "billing", 10, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	audit, err := seg.RegisterConsumer(ctx, "s", "audit", 10, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An entry another tool wrote (poison, with a field "to" of its own),
+	// then a message with metadata.
+	raw := map[string]string{"foo": "bar", "to": "someone"}
+	poisonID, err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Partition("s", 0), Values: []any{"foo", "bar", "to", "someone"}}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := &contracts.PMessage{PartitionKey: "k", Data: []byte("data"), Metadata: map[string]string{"a": "1", "to": "x"}}
+	send(t, st, nil, sent)
+
+	// audit processes both; billing gives up on both.
+	drain(t, audit, nil, 2, 10*time.Second)
+	dead := drainNoAck(t, billing, nil, 2)
+	if err := billing.DeadLetter(ctx, "later", dead...); err != nil {
+		t.Fatal(err)
+	}
+	letters, err := seg.DeadLetters(ctx, "s", "billing", 10)
+	if err != nil || len(letters) != 2 {
+		t.Fatalf("dead letters %v %v, want 2", letters, err)
+	}
+	if n, err := seg.RedriveDeadLetters(ctx, "s", "billing", letters...); err != nil || n != 2 {
+		t.Fatalf("redrive: %d %v, want 2", n, err)
+	}
+	send(t, st, nil, msg("k", "after"))
+
+	// billing gets the poison entry as poison with its own raw fields, and
+	// the message exactly as sent, then what came after.
+	got := drainNoAck(t, billing, nil, 3)
+	var poison, plain *contracts.CMessage
+	for _, m := range got[:2] {
+		if m.PoisonReason != "" {
+			poison = m
+		} else {
+			plain = m
+		}
+	}
+	if poison == nil || plain == nil || string(got[2].Data) != "after" {
+		t.Fatalf("billing read %v, want the re-driven poison entry and message, then after", got)
+	}
+	if poison.Id == poisonID || poison.DeliveryCount != 1 || !maps.Equal(poison.Metadata, raw) || !errors.Is(segmenter.Poison(poison), segmenter.ErrPoison) {
+		t.Fatalf("re-driven poison entry %v, want a new ID, delivery 1, poison with raw fields %v", poison, raw)
+	}
+	if plain.PartitionKey != sent.PartitionKey || string(plain.Data) != string(sent.Data) || !maps.Equal(plain.Metadata, sent.Metadata) || plain.DeliveryCount != 1 {
+		t.Fatalf("re-driven message %v, want %v", plain, sent)
+	}
+
+	// audit never sees them: only what came after, and nothing pending.
+	if again := drain(t, audit, nil, 1, 10*time.Second); string(again[0].Data) != "after" {
+		t.Fatalf("audit read %v, want only after", again)
+	}
+	if more, err := audit.Read(ctx, 0); err != nil || len(more) != 0 {
+		t.Fatalf("audit read more: %v %v", more, err)
+	}
+	if ids := pendingIDs(t, rdb, keys.Partition("s", 0), "audit"); len(ids) != 0 {
+		t.Fatalf("audit has %v pending", ids)
+	}
+
+	// Dead-lettered again, the poison entry is listed with its raw fields
+	// only (no marker of the re-drive).
+	if err := billing.DeadLetter(ctx, "again", poison); err != nil {
+		t.Fatal(err)
+	}
+	letters, err = seg.DeadLetters(ctx, "s", "billing", 10)
+	if err != nil || len(letters) != 1 || letters[0].OriginalID != poison.Id || !maps.Equal(letters[0].Message.Metadata, raw) {
+		t.Fatalf("dead letters %+v %v, want the poison entry with raw fields %v", letters, err, raw)
+	}
+	if err := billing.Ack(ctx, plain, got[2]); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestRedriveAndDeleteChosenDeadLetters(t *testing.T) {
 	ctx := context.Background()
 	seg := newSegmenter(t, redistest.Namespace(t), nil)
@@ -545,7 +635,7 @@ func TestRedriveAllPagesThroughManyDeadLetters(t *testing.T) {
 			t.Fatalf("partition %d holds %d entries (%v), want %d", p, len(entries), err, want)
 		}
 		for i, e := range entries { // in the order they were dead-lettered
-			if e.Values["d"] != fmt.Sprint(i) || e.Values["to"] != "g" || len(e.Values) != 4 {
+			if e.Values["d"] != fmt.Sprint(i) || e.Values[rebalance.FieldRedriveTo] != "g" || len(e.Values) != 4 {
 				t.Fatalf("partition %d entry %d: %v", p, i, e.Values)
 			}
 		}
