@@ -356,6 +356,75 @@ func TestDeadLettersListsOldestFirstAcrossPartitions(t *testing.T) {
 	checkLog(t, rec, invariant.Options{MaxProcessingTime: time.Minute, AllowLoss: allowLoss(dead...)})
 }
 
+func TestDeadLettersPagesThroughEveryPartitionOldestFirst(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Client(t)
+	ns := redistest.Namespace(t)
+	keys := keyspace.New(ns)
+	seg := newSegmenter(t, ns, rdb)
+	const partitions = 3
+	if _, err := seg.RegisterStream(ctx, "s", partitions, 0); err != nil {
+		t.Fatal(err)
+	}
+	// Dead letters as the move writes them, with IDs chosen so that
+	// partitions share milliseconds and some hold several letters in one.
+	type pos struct {
+		p  int
+		id string
+	}
+	var want []pos // in the order of DeadLetters
+	pipe := rdb.Pipeline()
+	for ms := 1000; ms < 1020; ms++ {
+		for p := range partitions {
+			for seq := range (ms*7 + p) % 4 {
+				id := fmt.Sprintf("%d-%d", ms, seq)
+				want = append(want, pos{p, id})
+				pipe.XAdd(ctx, &redis.XAddArgs{Stream: keys.DeadLetters("s", p, "g"), ID: id, Values: []any{
+					"v", "1", "k", "key", "d", fmt.Sprintf("%d/%s", p, id),
+					"dlq.id", "1-0", "dlq.reason", "r", "dlq.deliveries", "1", "dlq.group", "g", "dlq.at", fmt.Sprint(ms)}})
+			}
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const limit = 7
+	if len(want) <= 3*limit {
+		t.Fatalf("only %d letters: want several pages", len(want))
+	}
+
+	var got []pos
+	var last segmenter.DeadLetter
+	for pages := 0; ; pages++ {
+		if pages > len(want) {
+			t.Fatalf("no end after %d pages: %v", pages, got)
+		}
+		page, err := seg.DeadLetters(ctx, "s", "g", limit, segmenter.DeadLettersAfter(last))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range page {
+			if data := fmt.Sprintf("%d/%s", l.Partition, l.ID); string(l.Message.Data) != data {
+				t.Fatalf("letter %d/%s holds %q, want %q", l.Partition, l.ID, l.Message.Data, data)
+			}
+			got = append(got, pos{l.Partition, l.ID})
+		}
+		if len(page) < limit {
+			break
+		}
+		last = page[len(page)-1]
+		if pages == 1 {
+			// The position holds even when the letter it names is gone.
+			if n, err := seg.DeleteDeadLetters(ctx, "s", "g", last); err != nil || n != 1 {
+				t.Fatalf("delete of %s: %d %v", last.ID, n, err)
+			}
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("paged through\n%v\nwant\n%v", got, want)
+	}
+}
+
 func TestRedriveDeadLettersGoBackToTheirGroupOnly(t *testing.T) {
 	ctx := context.Background()
 	rdb := redistest.Client(t)
@@ -725,6 +794,17 @@ func TestDeadLetterBadInput(t *testing.T) {
 	check("DeadLetters with limit 0", err, segmenter.ErrInvalidArgument)
 	_, err = seg.DeadLetters(ctx, "nope", "g", 1)
 	check("DeadLetters of an unknown stream", err, segmenter.ErrStreamNotFound)
+	for name, after := range map[string]segmenter.DeadLetter{
+		"a partition out of range": {ID: "1-0", Partition: 2},
+		"a negative partition":     {ID: "1-0", Partition: -1},
+		"no ID":                    {Partition: 1},
+		"a bad ID":                 {ID: "x"},
+		"another group's letter":   {ID: "1-0", Stream: "s", Group: "other"},
+		"another stream's letter":  {ID: "1-0", Stream: "t", Group: "g"},
+	} {
+		_, err = seg.DeadLetters(ctx, "s", "g", 1, segmenter.DeadLettersAfter(after))
+		check("DeadLetters after "+name, err, segmenter.ErrInvalidArgument)
+	}
 	for _, op := range []struct {
 		name string
 		f    func(ctx context.Context, stream, group string, letters ...segmenter.DeadLetter) (int, error)
