@@ -32,8 +32,9 @@ import (
 // the partition's lease.
 //
 // Dead letters are never trimmed: they stay until they are re-driven
-// (RedriveDeadLetters) or deleted (DeleteDeadLetters). Watch them with
-// Stats().DeadLettered, a DeadLetterHook or DeadLetters.
+// (RedriveDeadLetters, RedriveAllDeadLetters) or deleted
+// (DeleteDeadLetters). Watch them with Stats().DeadLettered, a
+// DeadLetterHook or DeadLetters.
 type DeadLetter struct {
 	// ID is the dead letter's entry ID among the dead letters of its
 	// partition: with Partition, what RedriveDeadLetters and
@@ -473,11 +474,12 @@ func checkLetters(stream, group string, partitions int, letters []DeadLetter) (m
 	return byPart, nil
 }
 
-// RedriveDeadLetters sends dead letters of group on stream back to their
-// partitions for that group only, and returns how many it re-drove (a
-// letter already re-driven or deleted is skipped). With no letters it
-// re-drives every dead letter of the group present when it starts; beware
-// that an empty slice passed as letters... does so too.
+// RedriveDeadLetters sends the given dead letters of group on stream back
+// to their partitions for that group only, and returns how many it
+// re-drove (a letter already re-driven or deleted is skipped). It needs at
+// least one letter: with none (say, a filter that matched nothing) it
+// returns ErrInvalidArgument and re-drives nothing. RedriveAllDeadLetters
+// re-drives every dead letter of a group.
 //
 // Each letter is appended to the end of its partition with its original
 // fields and removed from the dead letters, atomically per partition (one
@@ -499,7 +501,11 @@ func checkLetters(stream, group string, partitions int, letters []DeadLetter) (m
 // It returns ErrGroupNotFound (in a *PartitionError) for a partition where
 // the group is missing in Redis; nothing of that partition is re-driven.
 func (s *Segmenter) RedriveDeadLetters(ctx context.Context, stream, group string, letters ...DeadLetter) (int, error) {
-	meta, err := s.checkDeadLetterArgs(ctx, stream, group)
+	var none error
+	if len(letters) == 0 {
+		none = invalid("no dead letters to re-drive (RedriveAllDeadLetters re-drives them all)")
+	}
+	meta, err := s.checkDeadLetterArgs(ctx, stream, group, none)
 	if err != nil {
 		return 0, err
 	}
@@ -507,11 +513,24 @@ func (s *Segmenter) RedriveDeadLetters(ctx context.Context, stream, group string
 	if err != nil {
 		return 0, err
 	}
-	if len(letters) == 0 {
-		return s.redriveAll(ctx, stream, group, meta.partitions)
-	}
 	n, errs := s.redrive(ctx, stream, group, slices.Sorted(maps.Keys(byPart)), byPart)
 	return n, joinByPartition(errs)
+}
+
+// RedriveAllDeadLetters sends every dead letter of group on stream present
+// when it starts back to its partition for that group only, as
+// RedriveDeadLetters does, and returns how many it re-drove. It reads and
+// re-drives a page of up to 1000 letters per partition per round trip. A
+// partition that fails is left alone after its first error (a
+// *PartitionError, ErrGroupNotFound when the group is missing in Redis);
+// the others are re-driven to the end. When ctx ends it stops after the
+// round trip in flight.
+func (s *Segmenter) RedriveAllDeadLetters(ctx context.Context, stream, group string) (int, error) {
+	meta, err := s.checkDeadLetterArgs(ctx, stream, group)
+	if err != nil {
+		return 0, err
+	}
+	return s.redriveAll(ctx, stream, group, meta.partitions)
 }
 
 // redrive re-drives the dead letters ids[p] of each partition of parts in

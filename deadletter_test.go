@@ -467,7 +467,7 @@ func TestRedriveDeadLettersGoBackToTheirGroupOnly(t *testing.T) {
 	}
 
 	// Re-drive them all, then send one more message per partition.
-	n, err := seg.RedriveDeadLetters(ctx, "s", "billing")
+	n, err := seg.RedriveAllDeadLetters(ctx, "s", "billing")
 	if err != nil || n != 2 {
 		t.Fatalf("redrive: %d, %v; want 2", n, err)
 	}
@@ -671,6 +671,65 @@ func TestRedriveAndDeleteChosenDeadLetters(t *testing.T) {
 	}
 }
 
+func TestRedriveOfNoLettersRedrivesNothing(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Client(t)
+	ns := redistest.Namespace(t)
+	keys := keyspace.New(ns)
+	seg := newSegmenter(t, ns, rdb)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, st, nil, msg("k", "0"), msg("k", "1"))
+	if err := c.DeadLetter(ctx, "x", drainNoAck(t, c, nil, 2)...); err != nil {
+		t.Fatal(err)
+	}
+	letters, err := seg.DeadLetters(ctx, "s", "g", 10)
+	if err != nil || len(letters) != 2 {
+		t.Fatalf("dead letters %v %v, want 2", letters, err)
+	}
+
+	// A filter that matched nothing re-drives nothing.
+	var matched []segmenter.DeadLetter
+	for _, l := range letters {
+		if l.Reason == "no such reason" {
+			matched = append(matched, l)
+		}
+	}
+	for name, call := range map[string]func() (int, error){
+		"no letters":       func() (int, error) { return seg.RedriveDeadLetters(ctx, "s", "g") },
+		"an empty slice":   func() (int, error) { return seg.RedriveDeadLetters(ctx, "s", "g", []segmenter.DeadLetter{}...) },
+		"a filter's empty": func() (int, error) { return seg.RedriveDeadLetters(ctx, "s", "g", matched...) },
+	} {
+		if n, err := call(); n != 0 || !errors.Is(err, segmenter.ErrInvalidArgument) {
+			t.Fatalf("RedriveDeadLetters of %s: %d %v, want 0 and ErrInvalidArgument", name, n, err)
+		}
+	}
+	if n, err := rdb.XLen(ctx, keys.Partition("s", 0)).Result(); err != nil || n != 2 {
+		t.Fatalf("partition holds %d entries (%v), want the 2 sent", n, err)
+	}
+	if left, err := seg.DeadLetters(ctx, "s", "g", 10); err != nil || len(left) != 2 {
+		t.Fatalf("dead letters %v %v, want both kept", left, err)
+	}
+
+	// Re-driving them all is its own call.
+	if n, err := seg.RedriveAllDeadLetters(ctx, "s", "g"); err != nil || n != 2 {
+		t.Fatalf("RedriveAllDeadLetters: %d %v, want 2", n, err)
+	}
+	got := drain(t, c, nil, 2, 10*time.Second)
+	if string(got[0].Data) != "0" || string(got[1].Data) != "1" {
+		t.Fatalf("read %v after re-driving all, want 0 then 1", got)
+	}
+	if n, err := seg.RedriveAllDeadLetters(ctx, "s", "g"); err != nil || n != 0 {
+		t.Fatalf("RedriveAllDeadLetters of none left: %d %v, want 0", n, err)
+	}
+}
+
 func TestRedriveAllPagesThroughManyDeadLetters(t *testing.T) {
 	ctx := context.Background()
 	rdb := redistest.Client(t)
@@ -694,7 +753,7 @@ func TestRedriveAllPagesThroughManyDeadLetters(t *testing.T) {
 	if _, err := pipe.Exec(ctx); err != nil {
 		t.Fatal(err)
 	}
-	n, err := seg.RedriveDeadLetters(ctx, "s", "g")
+	n, err := seg.RedriveAllDeadLetters(ctx, "s", "g")
 	if err != nil || n != counts[0]+counts[1] {
 		t.Fatalf("redrive: %d %v, want %d", n, err, counts[0]+counts[1])
 	}
@@ -737,7 +796,7 @@ func TestRedriveWithoutTheGroupIsErrGroupNotFound(t *testing.T) {
 	if err := rdb.XGroupDestroy(ctx, keyspace.New(ns).Partition("s", 0), "g").Err(); err != nil {
 		t.Fatal(err)
 	}
-	n, err := seg.RedriveDeadLetters(ctx, "s", "g")
+	n, err := seg.RedriveAllDeadLetters(ctx, "s", "g")
 	var pe *segmenter.PartitionError
 	if n != 0 || !errors.Is(err, segmenter.ErrGroupNotFound) || !errors.As(err, &pe) || pe.Partition != 0 {
 		t.Fatalf("redrive without the group: %d %v, want ErrGroupNotFound for partition 0", n, err)
@@ -828,6 +887,19 @@ func TestDeadLetterBadInput(t *testing.T) {
 			if n != 0 || !errors.Is(err, c.want) || (c.want == nil && err != nil) {
 				t.Errorf("%s with %s: %d, %v; want 0, %v", op.name, name, n, err, c.want)
 			}
+		}
+	}
+
+	for name, c := range map[string]struct {
+		stream, group string
+		want          error
+	}{
+		"a bad stream name": {"s:x", "g", segmenter.ErrInvalidArgument},
+		"a bad group name":  {"s", "{g}", segmenter.ErrInvalidArgument},
+		"an unknown stream": {"nope", "g", segmenter.ErrStreamNotFound},
+	} {
+		if n, err := seg.RedriveAllDeadLetters(ctx, c.stream, c.group); n != 0 || !errors.Is(err, c.want) {
+			t.Errorf("RedriveAllDeadLetters with %s: %d, %v; want 0, %v", name, n, err, c.want)
 		}
 	}
 
