@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,8 +32,9 @@ import (
 // the partition's lease.
 //
 // Dead letters are never trimmed: they stay until they are re-driven
-// (RedriveDeadLetters) or deleted (DeleteDeadLetters). Watch them with
-// Stats().DeadLettered, a DeadLetterHook or DeadLetters.
+// (RedriveDeadLetters, RedriveAllDeadLetters) or deleted
+// (DeleteDeadLetters). Watch them with Stats().DeadLettered, a
+// DeadLetterHook or DeadLetters.
 type DeadLetter struct {
 	// ID is the dead letter's entry ID among the dead letters of its
 	// partition: with Partition, what RedriveDeadLetters and
@@ -280,23 +282,91 @@ func (s *Segmenter) checkDeadLetterArgs(ctx context.Context, stream, group strin
 	return s.lookupStream(ctx, stream)
 }
 
+// DeadLettersOption configures DeadLetters.
+type DeadLettersOption interface{ applyDeadLetters(*deadLettersOptions) }
+
+type deadLettersOptions struct {
+	after DeadLetter // the zero DeadLetter: from the start
+}
+
+type deadLettersOptionFunc func(*deadLettersOptions)
+
+func (f deadLettersOptionFunc) applyDeadLetters(o *deadLettersOptions) { f(o) }
+
+// DeadLettersAfter makes DeadLetters list the letters that come after last
+// in its order: pass the last letter of a page to get the next page. Only
+// last's Partition and ID count (and its Stream and Group, when set, must
+// be the ones listed); last need not exist any more, so a page may be
+// re-driven or deleted before the next one is listed. The zero DeadLetter
+// lists from the start, as no option does.
+func DeadLettersAfter(last DeadLetter) DeadLettersOption {
+	return deadLettersOptionFunc(func(o *deadLettersOptions) { o.after = last })
+}
+
 // DeadLetters returns up to limit dead letters of group on stream, from
-// every partition, oldest first (by the time they were dead-lettered, then
-// partition, then ID), each with its message decoded. It changes nothing:
-// re-drive or delete the letters to take them out.
-func (s *Segmenter) DeadLetters(ctx context.Context, stream, group string, limit int) ([]DeadLetter, error) {
-	var bad error
-	if limit < 1 {
-		bad = invalid("limit is %d, must be at least 1", limit)
+// every partition, oldest first, each with its message decoded. Oldest
+// first means by the time they were dead-lettered as their dead-letter ID
+// records it (the millisecond of the ID, Redis server time), then by
+// partition, then by ID. It changes nothing: re-drive or delete the letters
+// to take them out.
+//
+// A page shorter than limit is the last one. To list past the first page,
+// pass DeadLettersAfter with the last letter of the page before:
+//
+//	var last segmenter.DeadLetter
+//	for {
+//		page, err := seg.DeadLetters(ctx, stream, group, 100, segmenter.DeadLettersAfter(last))
+//		if err != nil {
+//			return err
+//		}
+//		// ... use page ...
+//		if len(page) < 100 {
+//			break
+//		}
+//		last = page[len(page)-1]
+//	}
+//
+// Paged this way, every letter present when the listing starts and still
+// there when its page is read is listed exactly once. A letter dead-lettered
+// meanwhile is listed if it comes after the position: it does, unless it
+// was dead-lettered, on a partition before last's, in the same millisecond
+// as last. Each page costs one round trip, reading up to limit letters of
+// every partition.
+func (s *Segmenter) DeadLetters(ctx context.Context, stream, group string, limit int, opts ...DeadLettersOption) ([]DeadLetter, error) {
+	var o deadLettersOptions
+	for _, opt := range opts {
+		if opt != nil {
+			opt.applyDeadLetters(&o)
+		}
 	}
-	meta, err := s.checkDeadLetterArgs(ctx, stream, group, bad)
+	after, paging := o.after, o.after != (DeadLetter{})
+	var errs []error
+	if limit < 1 {
+		errs = append(errs, invalid("limit is %d, must be at least 1", limit))
+	}
+	if paging {
+		switch {
+		case !validEntryID(after.ID):
+			errs = append(errs, invalid("DeadLettersAfter: ID %q is not a stream entry ID", after.ID))
+		case (after.Stream != "" && after.Stream != stream) || (after.Group != "" && after.Group != group):
+			errs = append(errs, invalid("DeadLettersAfter: letter %s is of stream %q group %q, not %q %q", after.ID, after.Stream, after.Group, stream, group))
+		}
+	}
+	meta, err := s.checkDeadLetterArgs(ctx, stream, group, errs...)
 	if err != nil {
 		return nil, err
+	}
+	if paging && (after.Partition < 0 || after.Partition >= meta.partitions) {
+		return nil, invalid("DeadLettersAfter: letter %s has partition %d, stream %q has %d", after.ID, after.Partition, stream, meta.partitions)
 	}
 	pipe := s.rdb.Pipeline()
 	cmds := make([]*redis.XMessageSliceCmd, meta.partitions)
 	for p := range cmds {
-		cmds[p] = pipe.XRangeN(ctx, s.keys.DeadLetters(stream, p, group), "-", "+", int64(limit))
+		start := "-"
+		if paging {
+			start = deadLettersStart(after, p)
+		}
+		cmds[p] = pipe.XRangeN(ctx, s.keys.DeadLetters(stream, p, group), start, "+", int64(limit))
 	}
 	_, _ = pipe.Exec(ctx)
 	var out []DeadLetter
@@ -309,13 +379,32 @@ func (s *Segmenter) DeadLetters(ctx context.Context, stream, group string, limit
 			out = append(out, parseDeadLetter(stream, group, p, x))
 		}
 	}
-	slices.SortFunc(out, func(a, b DeadLetter) int {
-		return cmp.Or(a.At.Compare(b.At), cmp.Compare(a.Partition, b.Partition), compareEntryIDs(a.ID, b.ID))
-	})
+	slices.SortFunc(out, compareDeadLetters)
 	if len(out) > limit {
 		out = out[:limit]
 	}
 	return out, nil
+}
+
+// compareDeadLetters is the order of DeadLetters: by the millisecond of the
+// dead-letter ID, then partition, then ID.
+func compareDeadLetters(a, b DeadLetter) int {
+	return cmp.Or(cmp.Compare(entryIDMillis(a.ID), entryIDMillis(b.ID)),
+		cmp.Compare(a.Partition, b.Partition), compareEntryIDs(a.ID, b.ID))
+}
+
+// deadLettersStart is the XRANGE start, among the dead letters of partition
+// p, of the letters after last in the order of compareDeadLetters.
+func deadLettersStart(last DeadLetter, p int) string {
+	ms, _, _ := splitEntryID(last.ID)
+	switch {
+	case p < last.Partition: // a later millisecond
+		return "(" + strconv.FormatUint(ms, 10) + "-" + strconv.FormatUint(math.MaxUint64, 10)
+	case p == last.Partition: // a later ID
+		return "(" + last.ID
+	default: // the same millisecond or later
+		return strconv.FormatUint(ms, 10) + "-0"
+	}
 }
 
 // parseDeadLetter decodes a dead-letter entry of partition p.
@@ -335,7 +424,8 @@ func parseDeadLetter(stream, group string, p int, x redis.XMessage) DeadLetter {
 			if ms, err := strconv.ParseInt(val, 10, 64); err == nil {
 				d.At = time.UnixMilli(ms)
 			}
-		case rebalance.FieldTo:
+		case rebalance.FieldRedriveTo:
+			// the marker of a letter re-driven before: not the message's
 		default:
 			if !strings.HasPrefix(name, rebalance.DeadLetterFieldPrefix) {
 				fields = append(fields, name, val)
@@ -384,18 +474,23 @@ func checkLetters(stream, group string, partitions int, letters []DeadLetter) (m
 	return byPart, nil
 }
 
-// RedriveDeadLetters sends dead letters of group on stream back to their
-// partitions for that group only, and returns how many it re-drove (a
-// letter already re-driven or deleted is skipped). With no letters it
-// re-drives every dead letter of the group present when it starts; beware
-// that an empty slice passed as letters... does so too.
+// RedriveDeadLetters sends the given dead letters of group on stream back
+// to their partitions for that group only, and returns how many it
+// re-drove (a letter already re-driven or deleted is skipped). It needs at
+// least one letter: with none (say, a filter that matched nothing) it
+// returns ErrInvalidArgument and re-drives nothing. RedriveAllDeadLetters
+// re-drives every dead letter of a group.
 //
 // Each letter is appended to the end of its partition with its original
 // fields and removed from the dead letters, atomically per partition (one
 // script call per partition, all in one round trip). It gets a new stream
-// ID and is delivered to the group again with a delivery count of 1. The
-// other groups of the stream skip it: they acknowledge it without
-// delivering it.
+// ID and is delivered to the group again with a delivery count of 1,
+// decoded as before: a poison entry (one another tool wrote) is delivered
+// as poison with its own fields. The other groups of the stream skip it:
+// they acknowledge it without delivering it. The entry names its group in
+// a first field seg.to, which the group's consumers drop before decoding
+// it (the name seg.to is reserved: an entry of another tool that starts
+// with it is taken for a re-driven one).
 //
 // Ordering caveat: a re-driven message comes after every message sent to
 // its partition meanwhile, so per-key order does not hold between it and
@@ -406,7 +501,11 @@ func checkLetters(stream, group string, partitions int, letters []DeadLetter) (m
 // It returns ErrGroupNotFound (in a *PartitionError) for a partition where
 // the group is missing in Redis; nothing of that partition is re-driven.
 func (s *Segmenter) RedriveDeadLetters(ctx context.Context, stream, group string, letters ...DeadLetter) (int, error) {
-	meta, err := s.checkDeadLetterArgs(ctx, stream, group)
+	var none error
+	if len(letters) == 0 {
+		none = invalid("no dead letters to re-drive (RedriveAllDeadLetters re-drives them all)")
+	}
+	meta, err := s.checkDeadLetterArgs(ctx, stream, group, none)
 	if err != nil {
 		return 0, err
 	}
@@ -414,11 +513,24 @@ func (s *Segmenter) RedriveDeadLetters(ctx context.Context, stream, group string
 	if err != nil {
 		return 0, err
 	}
-	if len(letters) == 0 {
-		return s.redriveAll(ctx, stream, group, meta.partitions)
-	}
 	n, errs := s.redrive(ctx, stream, group, slices.Sorted(maps.Keys(byPart)), byPart)
 	return n, joinByPartition(errs)
+}
+
+// RedriveAllDeadLetters sends every dead letter of group on stream present
+// when it starts back to its partition for that group only, as
+// RedriveDeadLetters does, and returns how many it re-drove. It reads and
+// re-drives a page of up to 1000 letters per partition per round trip. A
+// partition that fails is left alone after its first error (a
+// *PartitionError, ErrGroupNotFound when the group is missing in Redis);
+// the others are re-driven to the end. When ctx ends it stops after the
+// round trip in flight.
+func (s *Segmenter) RedriveAllDeadLetters(ctx context.Context, stream, group string) (int, error) {
+	meta, err := s.checkDeadLetterArgs(ctx, stream, group)
+	if err != nil {
+		return 0, err
+	}
+	return s.redriveAll(ctx, stream, group, meta.partitions)
 }
 
 // redrive re-drives the dead letters ids[p] of each partition of parts in

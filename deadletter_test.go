@@ -19,6 +19,7 @@ import (
 	"github.com/segmenter/segmenter/internal/invariant"
 	"github.com/segmenter/segmenter/internal/keyspace"
 	"github.com/segmenter/segmenter/internal/redistest"
+	"github.com/segmenter/segmenter/rebalance"
 )
 
 // deadLetterHook records the dead-letter events of a consumer.
@@ -355,6 +356,75 @@ func TestDeadLettersListsOldestFirstAcrossPartitions(t *testing.T) {
 	checkLog(t, rec, invariant.Options{MaxProcessingTime: time.Minute, AllowLoss: allowLoss(dead...)})
 }
 
+func TestDeadLettersPagesThroughEveryPartitionOldestFirst(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Client(t)
+	ns := redistest.Namespace(t)
+	keys := keyspace.New(ns)
+	seg := newSegmenter(t, ns, rdb)
+	const partitions = 3
+	if _, err := seg.RegisterStream(ctx, "s", partitions, 0); err != nil {
+		t.Fatal(err)
+	}
+	// Dead letters as the move writes them, with IDs chosen so that
+	// partitions share milliseconds and some hold several letters in one.
+	type pos struct {
+		p  int
+		id string
+	}
+	var want []pos // in the order of DeadLetters
+	pipe := rdb.Pipeline()
+	for ms := 1000; ms < 1020; ms++ {
+		for p := range partitions {
+			for seq := range (ms*7 + p) % 4 {
+				id := fmt.Sprintf("%d-%d", ms, seq)
+				want = append(want, pos{p, id})
+				pipe.XAdd(ctx, &redis.XAddArgs{Stream: keys.DeadLetters("s", p, "g"), ID: id, Values: []any{
+					"v", "1", "k", "key", "d", fmt.Sprintf("%d/%s", p, id),
+					"dlq.id", "1-0", "dlq.reason", "r", "dlq.deliveries", "1", "dlq.group", "g", "dlq.at", fmt.Sprint(ms)}})
+			}
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const limit = 7
+	if len(want) <= 3*limit {
+		t.Fatalf("only %d letters: want several pages", len(want))
+	}
+
+	var got []pos
+	var last segmenter.DeadLetter
+	for pages := 0; ; pages++ {
+		if pages > len(want) {
+			t.Fatalf("no end after %d pages: %v", pages, got)
+		}
+		page, err := seg.DeadLetters(ctx, "s", "g", limit, segmenter.DeadLettersAfter(last))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range page {
+			if data := fmt.Sprintf("%d/%s", l.Partition, l.ID); string(l.Message.Data) != data {
+				t.Fatalf("letter %d/%s holds %q, want %q", l.Partition, l.ID, l.Message.Data, data)
+			}
+			got = append(got, pos{l.Partition, l.ID})
+		}
+		if len(page) < limit {
+			break
+		}
+		last = page[len(page)-1]
+		if pages == 1 {
+			// The position holds even when the letter it names is gone.
+			if n, err := seg.DeleteDeadLetters(ctx, "s", "g", last); err != nil || n != 1 {
+				t.Fatalf("delete of %s: %d %v", last.ID, n, err)
+			}
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("paged through\n%v\nwant\n%v", got, want)
+	}
+}
+
 func TestRedriveDeadLettersGoBackToTheirGroupOnly(t *testing.T) {
 	ctx := context.Background()
 	rdb := redistest.Client(t)
@@ -397,7 +467,7 @@ func TestRedriveDeadLettersGoBackToTheirGroupOnly(t *testing.T) {
 	}
 
 	// Re-drive them all, then send one more message per partition.
-	n, err := seg.RedriveDeadLetters(ctx, "s", "billing")
+	n, err := seg.RedriveAllDeadLetters(ctx, "s", "billing")
 	if err != nil || n != 2 {
 		t.Fatalf("redrive: %d, %v; want 2", n, err)
 	}
@@ -448,6 +518,95 @@ func TestRedriveDeadLettersGoBackToTheirGroupOnly(t *testing.T) {
 	}
 	checkLog(t, recB, invariant.Options{MaxProcessingTime: time.Minute, RequireAllAcked: true, AllowLoss: allowLoss(dead...)})
 	checkLog(t, recA, invariant.Options{MaxProcessingTime: time.Minute, RequireAllAcked: true})
+}
+
+func TestRedrivenPoisonGoesToItsGroupOnly(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Client(t)
+	ns := redistest.Namespace(t)
+	keys := keyspace.New(ns)
+	seg := newSegmenter(t, ns, rdb)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	billing, err := seg.RegisterConsumer(ctx, "s", "billing", 10, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	audit, err := seg.RegisterConsumer(ctx, "s", "audit", 10, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An entry another tool wrote (poison, with a field "to" of its own),
+	// then a message with metadata.
+	raw := map[string]string{"foo": "bar", "to": "someone"}
+	poisonID, err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Partition("s", 0), Values: []any{"foo", "bar", "to", "someone"}}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := &contracts.PMessage{PartitionKey: "k", Data: []byte("data"), Metadata: map[string]string{"a": "1", "to": "x"}}
+	send(t, st, nil, sent)
+
+	// audit processes both; billing gives up on both.
+	drain(t, audit, nil, 2, 10*time.Second)
+	dead := drainNoAck(t, billing, nil, 2)
+	if err := billing.DeadLetter(ctx, "later", dead...); err != nil {
+		t.Fatal(err)
+	}
+	letters, err := seg.DeadLetters(ctx, "s", "billing", 10)
+	if err != nil || len(letters) != 2 {
+		t.Fatalf("dead letters %v %v, want 2", letters, err)
+	}
+	if n, err := seg.RedriveDeadLetters(ctx, "s", "billing", letters...); err != nil || n != 2 {
+		t.Fatalf("redrive: %d %v, want 2", n, err)
+	}
+	send(t, st, nil, msg("k", "after"))
+
+	// billing gets the poison entry as poison with its own raw fields, and
+	// the message exactly as sent, then what came after.
+	got := drainNoAck(t, billing, nil, 3)
+	var poison, plain *contracts.CMessage
+	for _, m := range got[:2] {
+		if m.PoisonReason != "" {
+			poison = m
+		} else {
+			plain = m
+		}
+	}
+	if poison == nil || plain == nil || string(got[2].Data) != "after" {
+		t.Fatalf("billing read %v, want the re-driven poison entry and message, then after", got)
+	}
+	if poison.Id == poisonID || poison.DeliveryCount != 1 || !maps.Equal(poison.Metadata, raw) || !errors.Is(segmenter.Poison(poison), segmenter.ErrPoison) {
+		t.Fatalf("re-driven poison entry %v, want a new ID, delivery 1, poison with raw fields %v", poison, raw)
+	}
+	if plain.PartitionKey != sent.PartitionKey || string(plain.Data) != string(sent.Data) || !maps.Equal(plain.Metadata, sent.Metadata) || plain.DeliveryCount != 1 {
+		t.Fatalf("re-driven message %v, want %v", plain, sent)
+	}
+
+	// audit never sees them: only what came after, and nothing pending.
+	if again := drain(t, audit, nil, 1, 10*time.Second); string(again[0].Data) != "after" {
+		t.Fatalf("audit read %v, want only after", again)
+	}
+	if more, err := audit.Read(ctx, 0); err != nil || len(more) != 0 {
+		t.Fatalf("audit read more: %v %v", more, err)
+	}
+	if ids := pendingIDs(t, rdb, keys.Partition("s", 0), "audit"); len(ids) != 0 {
+		t.Fatalf("audit has %v pending", ids)
+	}
+
+	// Dead-lettered again, the poison entry is listed with its raw fields
+	// only (no marker of the re-drive).
+	if err := billing.DeadLetter(ctx, "again", poison); err != nil {
+		t.Fatal(err)
+	}
+	letters, err = seg.DeadLetters(ctx, "s", "billing", 10)
+	if err != nil || len(letters) != 1 || letters[0].OriginalID != poison.Id || !maps.Equal(letters[0].Message.Metadata, raw) {
+		t.Fatalf("dead letters %+v %v, want the poison entry with raw fields %v", letters, err, raw)
+	}
+	if err := billing.Ack(ctx, plain, got[2]); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestRedriveAndDeleteChosenDeadLetters(t *testing.T) {
@@ -512,6 +671,65 @@ func TestRedriveAndDeleteChosenDeadLetters(t *testing.T) {
 	}
 }
 
+func TestRedriveOfNoLettersRedrivesNothing(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Client(t)
+	ns := redistest.Namespace(t)
+	keys := keyspace.New(ns)
+	seg := newSegmenter(t, ns, rdb)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, st, nil, msg("k", "0"), msg("k", "1"))
+	if err := c.DeadLetter(ctx, "x", drainNoAck(t, c, nil, 2)...); err != nil {
+		t.Fatal(err)
+	}
+	letters, err := seg.DeadLetters(ctx, "s", "g", 10)
+	if err != nil || len(letters) != 2 {
+		t.Fatalf("dead letters %v %v, want 2", letters, err)
+	}
+
+	// A filter that matched nothing re-drives nothing.
+	var matched []segmenter.DeadLetter
+	for _, l := range letters {
+		if l.Reason == "no such reason" {
+			matched = append(matched, l)
+		}
+	}
+	for name, call := range map[string]func() (int, error){
+		"no letters":       func() (int, error) { return seg.RedriveDeadLetters(ctx, "s", "g") },
+		"an empty slice":   func() (int, error) { return seg.RedriveDeadLetters(ctx, "s", "g", []segmenter.DeadLetter{}...) },
+		"a filter's empty": func() (int, error) { return seg.RedriveDeadLetters(ctx, "s", "g", matched...) },
+	} {
+		if n, err := call(); n != 0 || !errors.Is(err, segmenter.ErrInvalidArgument) {
+			t.Fatalf("RedriveDeadLetters of %s: %d %v, want 0 and ErrInvalidArgument", name, n, err)
+		}
+	}
+	if n, err := rdb.XLen(ctx, keys.Partition("s", 0)).Result(); err != nil || n != 2 {
+		t.Fatalf("partition holds %d entries (%v), want the 2 sent", n, err)
+	}
+	if left, err := seg.DeadLetters(ctx, "s", "g", 10); err != nil || len(left) != 2 {
+		t.Fatalf("dead letters %v %v, want both kept", left, err)
+	}
+
+	// Re-driving them all is its own call.
+	if n, err := seg.RedriveAllDeadLetters(ctx, "s", "g"); err != nil || n != 2 {
+		t.Fatalf("RedriveAllDeadLetters: %d %v, want 2", n, err)
+	}
+	got := drain(t, c, nil, 2, 10*time.Second)
+	if string(got[0].Data) != "0" || string(got[1].Data) != "1" {
+		t.Fatalf("read %v after re-driving all, want 0 then 1", got)
+	}
+	if n, err := seg.RedriveAllDeadLetters(ctx, "s", "g"); err != nil || n != 0 {
+		t.Fatalf("RedriveAllDeadLetters of none left: %d %v, want 0", n, err)
+	}
+}
+
 func TestRedriveAllPagesThroughManyDeadLetters(t *testing.T) {
 	ctx := context.Background()
 	rdb := redistest.Client(t)
@@ -535,7 +753,7 @@ func TestRedriveAllPagesThroughManyDeadLetters(t *testing.T) {
 	if _, err := pipe.Exec(ctx); err != nil {
 		t.Fatal(err)
 	}
-	n, err := seg.RedriveDeadLetters(ctx, "s", "g")
+	n, err := seg.RedriveAllDeadLetters(ctx, "s", "g")
 	if err != nil || n != counts[0]+counts[1] {
 		t.Fatalf("redrive: %d %v, want %d", n, err, counts[0]+counts[1])
 	}
@@ -545,7 +763,7 @@ func TestRedriveAllPagesThroughManyDeadLetters(t *testing.T) {
 			t.Fatalf("partition %d holds %d entries (%v), want %d", p, len(entries), err, want)
 		}
 		for i, e := range entries { // in the order they were dead-lettered
-			if e.Values["d"] != fmt.Sprint(i) || e.Values["to"] != "g" || len(e.Values) != 4 {
+			if e.Values["d"] != fmt.Sprint(i) || e.Values[rebalance.FieldRedriveTo] != "g" || len(e.Values) != 4 {
 				t.Fatalf("partition %d entry %d: %v", p, i, e.Values)
 			}
 		}
@@ -578,7 +796,7 @@ func TestRedriveWithoutTheGroupIsErrGroupNotFound(t *testing.T) {
 	if err := rdb.XGroupDestroy(ctx, keyspace.New(ns).Partition("s", 0), "g").Err(); err != nil {
 		t.Fatal(err)
 	}
-	n, err := seg.RedriveDeadLetters(ctx, "s", "g")
+	n, err := seg.RedriveAllDeadLetters(ctx, "s", "g")
 	var pe *segmenter.PartitionError
 	if n != 0 || !errors.Is(err, segmenter.ErrGroupNotFound) || !errors.As(err, &pe) || pe.Partition != 0 {
 		t.Fatalf("redrive without the group: %d %v, want ErrGroupNotFound for partition 0", n, err)
@@ -635,6 +853,17 @@ func TestDeadLetterBadInput(t *testing.T) {
 	check("DeadLetters with limit 0", err, segmenter.ErrInvalidArgument)
 	_, err = seg.DeadLetters(ctx, "nope", "g", 1)
 	check("DeadLetters of an unknown stream", err, segmenter.ErrStreamNotFound)
+	for name, after := range map[string]segmenter.DeadLetter{
+		"a partition out of range": {ID: "1-0", Partition: 2},
+		"a negative partition":     {ID: "1-0", Partition: -1},
+		"no ID":                    {Partition: 1},
+		"a bad ID":                 {ID: "x"},
+		"another group's letter":   {ID: "1-0", Stream: "s", Group: "other"},
+		"another stream's letter":  {ID: "1-0", Stream: "t", Group: "g"},
+	} {
+		_, err = seg.DeadLetters(ctx, "s", "g", 1, segmenter.DeadLettersAfter(after))
+		check("DeadLetters after "+name, err, segmenter.ErrInvalidArgument)
+	}
 	for _, op := range []struct {
 		name string
 		f    func(ctx context.Context, stream, group string, letters ...segmenter.DeadLetter) (int, error)
@@ -658,6 +887,19 @@ func TestDeadLetterBadInput(t *testing.T) {
 			if n != 0 || !errors.Is(err, c.want) || (c.want == nil && err != nil) {
 				t.Errorf("%s with %s: %d, %v; want 0, %v", op.name, name, n, err, c.want)
 			}
+		}
+	}
+
+	for name, c := range map[string]struct {
+		stream, group string
+		want          error
+	}{
+		"a bad stream name": {"s:x", "g", segmenter.ErrInvalidArgument},
+		"a bad group name":  {"s", "{g}", segmenter.ErrInvalidArgument},
+		"an unknown stream": {"nope", "g", segmenter.ErrStreamNotFound},
+	} {
+		if n, err := seg.RedriveAllDeadLetters(ctx, c.stream, c.group); n != 0 || !errors.Is(err, c.want) {
+			t.Errorf("RedriveAllDeadLetters with %s: %d, %v; want 0, %v", name, n, err, c.want)
 		}
 	}
 

@@ -18,13 +18,28 @@ const (
 	DeadLetterFieldDeliveries = "dlq.deliveries" // how many times it had been delivered
 	DeadLetterFieldGroup      = "dlq.group"      // the group that dead-lettered it
 	DeadLetterFieldAt         = "dlq.at"         // when, in ms of server time
-	// DeadLetterFieldPrefix starts every field above; Redrive drops them.
+	// DeadLetterFieldPrefix starts every field above; Redrive drops them
+	// from the end of the letter, where the move appended them.
 	DeadLetterFieldPrefix = "dlq."
 )
 
-// FieldTo marks an entry re-driven for one group: the fetch of every other
-// group acknowledges it and leaves it out.
-const FieldTo = "to"
+// Re-driven entries carry the group they are meant for. The fetch of every
+// other group acknowledges such an entry and leaves it out; the fetch of
+// that group delivers it with its original fields only.
+const (
+	// FieldRedriveTo is the marker of a re-driven entry: Redrive writes the
+	// pair FieldRedriveTo = group as the entry's first field, for every
+	// letter (one segmenter wrote or a poison entry), and the fetch looks
+	// only there, so recognising it costs one comparison per entry. The
+	// name is reserved: an entry another tool writes with this first field
+	// is taken for a re-driven one.
+	FieldRedriveTo = "seg.to"
+	// FieldTo is the marker earlier versions appended last to a re-driven
+	// entry that segmenter wrote (format version first). The fetch still
+	// honours it there, and only there: an entry of another tool that
+	// merely has a field "to" is delivered as usual.
+	FieldTo = "to"
+)
 
 // DeadLetterRequest moves one message of a partition, delivered under Epoch,
 // to the group's dead letters from that partition.
@@ -118,10 +133,12 @@ type RedriveResult struct {
 }
 
 // Redrive moves dead letters back to the end of their partition, for the
-// group only, in one round trip: each is appended with its original fields
-// (the dlq.* fields dropped) and FieldTo set to the group, so the other
-// groups of the stream acknowledge and skip it, and is deleted from the dead
-// letters in the same script. Each call is atomic for up to 1000 IDs. A
+// group only, in one round trip: each is appended with FieldRedriveTo set to
+// the group first, so the other groups of the stream acknowledge and skip
+// it, then its original fields (without the dlq.* fields the move appended,
+// an earlier FieldRedriveTo, or, in an entry segmenter wrote, an earlier
+// version's FieldTo), and is deleted from the dead letters in the same
+// script. Each call is atomic for up to 1000 IDs. A
 // re-driven message comes after every message sent meanwhile: per-key order
 // does not hold for it. Nothing is trimmed: the stream's retention applies
 // at the next send.

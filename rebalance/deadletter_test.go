@@ -1,6 +1,7 @@
 package rebalance_test
 
 import (
+	"fmt"
 	"slices"
 	"strconv"
 	"testing"
@@ -178,30 +179,192 @@ func TestRedriveTargetsTheGroup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// At the end of the partition, in the order asked, original fields + to.
+	// At the end of the partition, in the order asked: the marker first,
+	// then the original fields.
 	if len(all) != 5 || all[3].ID != res.NewIDs[0] || all[4].ID != res.NewIDs[2] {
 		t.Fatalf("partition %v, want the re-driven entries %s and %s at its end", all, res.NewIDs[0], res.NewIDs[2])
 	}
-	for i, e := range all[3:] {
-		want := map[string]any{"n": strconv.Itoa(1 - i), "to": f.group}
-		if len(e.Values) != len(want) || e.Values["n"] != want["n"] || e.Values["to"] != want["to"] {
-			t.Fatalf("re-driven entry %v, want fields %v", e, want)
+	for i, id := range []string{res.NewIDs[0], res.NewIDs[2]} {
+		want := []string{rebalance.FieldRedriveTo, f.group, "n", strconv.Itoa(1 - i)}
+		if got := f.fields(t, f.stream, id); !slices.Equal(got, want) {
+			t.Fatalf("re-driven entry %s has fields %q, want %q", id, got, want)
 		}
 	}
 
-	// Dead-lettered and re-driven again: still one 'to' field.
+	// The group reads them without the marker.
 	got := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 10}, time.Hour)
 	if !slices.Equal(ids(got), []string{res.NewIDs[0], res.NewIDs[2]}) {
 		t.Fatalf("the group read %v, want the re-driven %v", ids(got), []string{res.NewIDs[0], res.NewIDs[2]})
 	}
+	for i, e := range got.Entries {
+		if want := []string{"n", strconv.Itoa(1 - i)}; !slices.Equal(e.Fields, want) {
+			t.Fatalf("the group read %s with fields %q, want %q", e.ID, e.Fields, want)
+		}
+	}
+
+	// Dead-lettered and re-driven again: still one marker, first.
 	r := f.deadLetter("A", a.Epoch, res.NewIDs[0], "again", 1)
 	res2 := rebalance.Redrive(f.ctx, f.rdb, f.group, []rebalance.RedriveRequest{{StreamKey: f.stream, DLQKey: f.dlq(), IDs: []string{r.DeadLetterID}}})[0]
 	if res2.Err != nil || res2.NewIDs[0] == "" {
 		t.Fatalf("second redrive: %+v", res2)
 	}
-	e, err := f.rdb.XRange(f.ctx, f.stream, res2.NewIDs[0], res2.NewIDs[0]).Result()
-	if err != nil || len(e) != 1 || len(e[0].Values) != 2 || e[0].Values["to"] != f.group {
-		t.Fatalf("twice re-driven entry: %v %v", e, err)
+	want := []string{rebalance.FieldRedriveTo, f.group, "n", "1"}
+	if got := f.fields(t, f.stream, res2.NewIDs[0]); !slices.Equal(got, want) {
+		t.Fatalf("twice re-driven entry has fields %q, want %q", got, want)
+	}
+}
+
+// fields returns the fields of entry id of stream key as name, value pairs,
+// in their order.
+func (f fixture) fields(t *testing.T, key, id string) []string {
+	t.Helper()
+	msgs, err := f.rdb.Do(f.ctx, "XRANGE", key, id, id).Slice()
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("XRANGE %s %s: %v %v", key, id, msgs, err)
+	}
+	pair, _ := msgs[0].([]any)
+	if len(pair) != 2 {
+		t.Fatalf("XRANGE %s %s: entry %v", key, id, msgs[0])
+	}
+	raw, _ := pair[1].([]any)
+	out := make([]string, len(raw))
+	for i, v := range raw {
+		out[i] = fmt.Sprint(v)
+	}
+	return out
+}
+
+// withGroup returns a fixture for another group (and lease) of the same
+// partition, created at the start of the partition.
+func (f fixture) withGroup(t *testing.T, group string) fixture {
+	t.Helper()
+	o := f
+	o.group, o.lease = group, f.lease+":"+group
+	if err := f.rdb.XGroupCreate(f.ctx, f.stream, group, "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// redriveOne dead-letters entry id (delivered to the fixture's group under
+// epoch) and re-drives it, and returns its new ID.
+func (f fixture) redriveOne(t *testing.T, owner string, epoch int64, id string) string {
+	t.Helper()
+	r := f.deadLetter(owner, epoch, id, "x", 1)
+	if r.DeadLetterID == "" {
+		t.Fatalf("move of %s: %+v", id, r)
+	}
+	res := rebalance.Redrive(f.ctx, f.rdb, f.group, []rebalance.RedriveRequest{{StreamKey: f.stream, DLQKey: f.dlq(), IDs: []string{r.DeadLetterID}}})[0]
+	if res.Err != nil || res.NewIDs[0] == "" {
+		t.Fatalf("redrive of %s: %+v", id, res)
+	}
+	return res.NewIDs[0]
+}
+
+func TestRedrivenPoisonEntryGoesToItsGroupOnly(t *testing.T) {
+	f := newFixture(t)
+	other := f.withGroup(t, "other")
+	// An entry another tool wrote (no format version), with fields of its
+	// own named like segmenter's: to, and dlq.* not at the end.
+	orig := []string{"to", "someone", "dlq.note", "mine", "a", "1"}
+	vals := make([]any, len(orig))
+	for i, v := range orig {
+		vals[i] = v
+	}
+	id, err := f.rdb.XAdd(f.ctx, &redis.XAddArgs{Stream: f.stream, Values: vals}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := f.acquire(t, "A", time.Minute)
+	if got := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 10}, time.Hour); !slices.Equal(ids(got), []string{id}) {
+		t.Fatalf("fetch returned %v, want the foreign entry %s", ids(got), id)
+	}
+	b := other.acquire(t, "B", time.Minute)
+	if got := other.fetch(t, "B", b.Epoch, rebalance.FetchRequest{Count: 10}, time.Hour); !slices.Equal(ids(got), []string{id}) {
+		t.Fatalf("the other group's fetch returned %v, want the foreign entry %s", ids(got), id)
+	}
+	if n, err := f.rdb.XAck(f.ctx, f.stream, other.group, id).Result(); err != nil || n != 1 {
+		t.Fatalf("ack by the other group: %d %v", n, err)
+	}
+
+	// Re-driven for the fixture's group: the marker, then its fields verbatim.
+	redriven := f.redriveOne(t, "A", a.Epoch, id)
+	if got, want := f.fields(t, f.stream, redriven), append([]string{rebalance.FieldRedriveTo, f.group}, orig...); !slices.Equal(got, want) {
+		t.Fatalf("re-driven poison entry has fields %q, want %q", got, want)
+	}
+
+	// The other group skips it (acknowledged, never delivered) and reads on.
+	after := f.add(t, 1)[0]
+	if got := other.fetch(t, "B", b.Epoch, rebalance.FetchRequest{Count: 10}, time.Hour); !slices.Equal(ids(got), []string{after}) {
+		t.Fatalf("the other group's fetch returned %v, want only %s (not the re-driven %s)", ids(got), after, redriven)
+	}
+	if got := other.pending(t); !slices.Equal(got, []string{after}) {
+		t.Fatalf("the other group has %v pending, want only %s", got, after)
+	}
+
+	// The group gets it with its original fields, when read and when claimed.
+	for _, req := range []rebalance.FetchRequest{{Count: 10}, {Count: 10, Cursor: "0-0"}} {
+		got := f.fetch(t, "A", a.Epoch, req, time.Hour)
+		if !slices.Equal(ids(got), []string{redriven, after}) {
+			t.Fatalf("fetch %+v returned %v, want %s then %s", req, ids(got), redriven, after)
+		}
+		if !slices.Equal(got.Entries[0].Fields, orig) {
+			t.Fatalf("fetch %+v returned the re-driven entry with fields %q, want %q", req, got.Entries[0].Fields, orig)
+		}
+	}
+}
+
+func TestFetchRecognisesTheMarkerFirstOnly(t *testing.T) {
+	f := newFixture(t)
+	add := func(fields ...any) string {
+		t.Helper()
+		id, err := f.rdb.XAdd(f.ctx, &redis.XAddArgs{Stream: f.stream, Values: fields}).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	m := rebalance.FieldRedriveTo
+	skipped := []string{
+		add(m, "other", "foo", "bar"),                // poison, for another group
+		add(m, "other", "v", "1", "k", "x", "d", ""), // segmenter's, for another group
+		add(m, "other"),                              // nothing but the marker
+	}
+	mine := add(m, f.group, "foo", "bar")
+	notMarked := add("foo", "bar", m, "other") // the name elsewhere: not a marker
+	a := f.acquire(t, "A", time.Minute)
+	got := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 10}, time.Hour)
+	if !slices.Equal(ids(got), []string{mine, notMarked}) {
+		t.Fatalf("fetch returned %v, want %s and %s (skipped: %v)", ids(got), mine, notMarked, skipped)
+	}
+	if want := []string{"foo", "bar"}; !slices.Equal(got.Entries[0].Fields, want) {
+		t.Fatalf("entry re-driven for the group has fields %q, want %q", got.Entries[0].Fields, want)
+	}
+	if want := []string{"foo", "bar", m, "other"}; !slices.Equal(got.Entries[1].Fields, want) {
+		t.Fatalf("unmarked entry has fields %q, want %q", got.Entries[1].Fields, want)
+	}
+	if p := f.pending(t); !slices.Equal(p, []string{mine, notMarked}) {
+		t.Fatalf("pending %v, want %s and %s (the skipped ones acked)", p, mine, notMarked)
+	}
+}
+
+func TestRedriveDropsAnEarlierVersionsMarker(t *testing.T) {
+	f := newFixture(t)
+	// A letter of an entry re-driven by an earlier version (to = group
+	// last), dead-lettered again.
+	if err := f.rdb.XAdd(f.ctx, &redis.XAddArgs{Stream: f.dlq(), Values: []any{
+		"v", "1", "k", "key", "d", "data", rebalance.FieldTo, f.group,
+		"dlq.id", "1-0", "dlq.reason", "r", "dlq.deliveries", "1", "dlq.group", f.group, "dlq.at", "1"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	dl := f.deadLetters(t)
+	res := rebalance.Redrive(f.ctx, f.rdb, f.group, []rebalance.RedriveRequest{{StreamKey: f.stream, DLQKey: f.dlq(), IDs: []string{dl[0].ID}}})[0]
+	if res.Err != nil || res.NewIDs[0] == "" {
+		t.Fatalf("redrive: %+v", res)
+	}
+	want := []string{rebalance.FieldRedriveTo, f.group, "v", "1", "k", "key", "d", "data"}
+	if got := f.fields(t, f.stream, res.NewIDs[0]); !slices.Equal(got, want) {
+		t.Fatalf("re-driven entry has fields %q, want %q", got, want)
 	}
 }
 

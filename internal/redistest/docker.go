@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -28,8 +29,10 @@ import (
 )
 
 const (
-	// DefaultImage is used by the docker backend when it already exists
-	// locally (it is never pulled).
+	// DefaultImage is the official image the docker backend uses when
+	// SEGMENTER_REDIS_IMAGE is not set or not usable: taken from the local
+	// engine, else pulled; where no registry answers, the backend falls back
+	// to the image built FROM scratch (ScratchRepository).
 	DefaultImage = "redis:7"
 	// ScratchRepository is the repository of the image built from the host's
 	// redis-server when no other image is usable.
@@ -44,6 +47,19 @@ const (
 	redisPath     = "/usr/bin/redis-server"
 	pullTimeout   = 2 * time.Minute
 	buildTimeout  = 5 * time.Minute
+
+	// defaultPullAnswer bounds the wait for a registry to answer a pull of
+	// DefaultImage: the engine reports no progress before the registry
+	// served the image's manifest, so a pull with no progress after this
+	// long is given up, and one that has started may run to pullTimeout.
+	// Where no registry is reachable the engine usually fails at once (a
+	// DNS error: 6ms through the API on our machines); this bounds the case
+	// of a firewall that drops packets.
+	defaultPullAnswer = 5 * time.Second
+	// pullFailureTTL is how long a failed pull of DefaultImage is
+	// remembered (in a file in os.TempDir) by the test binaries of this
+	// host: the binaries of one `go test ./...` run try once, not once each.
+	pullFailureTTL = 10 * time.Minute
 )
 
 var (
@@ -145,20 +161,116 @@ func dockerImage(pool *dockertest.Pool) (ref, detail string, err error) {
 }
 
 func pickImage(pool *dockertest.Pool) (string, string, error) {
-	if ref := os.Getenv(EnvImage); ref != "" {
-		if haveImage(pool, ref) {
+	p := imagePicker{
+		pool:     pool,
+		envImage: os.Getenv(EnvImage),
+		official: DefaultImage,
+		answer:   defaultPullAnswer,
+		failures: pullFailureFile(pool, DefaultImage),
+		ttl:      pullFailureTTL,
+		scratch:  func() (string, string, error) { return scratchImage(pool) },
+		log:      os.Stderr,
+	}
+	return p.pick()
+}
+
+// imagePicker chooses the docker backend's image; its fields are what the
+// choice depends on, so that tests can run it against a fake engine.
+type imagePicker struct {
+	pool     *dockertest.Pool
+	envImage string        // SEGMENTER_REDIS_IMAGE, tried first ("" for none)
+	official string        // the official image, tried next
+	answer   time.Duration // how long a pull of official may go without an answer
+	// failures is the file whose recent modification time says that a pull
+	// of official failed lately ("" to try every time); ttl is how recent.
+	failures string
+	ttl      time.Duration
+	scratch  func() (ref, detail string, err error) // the last resort
+	log      io.Writer                              // where the pulls are reported
+}
+
+// pick returns the first usable image of: envImage (local, else pulled),
+// official (local, else pulled unless a pull failed lately), the scratch
+// image.
+func (p imagePicker) pick() (string, string, error) {
+	if ref := p.envImage; ref != "" {
+		if haveImage(p.pool, ref) {
 			return ref, "image " + ref + " from " + EnvImage, nil
 		}
-		err := pullImage(pool, ref)
+		err := pullImage(p.pool, ref, pullTimeout, pullTimeout)
 		if err == nil {
 			return ref, "image " + ref + " from " + EnvImage + ", pulled", nil
 		}
-		fmt.Fprintf(os.Stderr, "redistest: cannot use %s=%s (%v); falling back\n", EnvImage, ref, err)
+		fmt.Fprintf(p.log, "redistest: cannot use %s=%s (%v); falling back\n", EnvImage, ref, err)
 	}
-	if haveImage(pool, DefaultImage) {
-		return DefaultImage, "image " + DefaultImage, nil
+	if haveImage(p.pool, p.official) {
+		return p.official, "image " + p.official, nil
 	}
-	return scratchImage(pool)
+	why, err := p.pullOfficial()
+	if err == nil {
+		return p.official, "image " + p.official + ", pulled", nil
+	}
+	ref, detail, err := p.scratch()
+	if err != nil {
+		return "", "", fmt.Errorf("%s is not present locally and %s; %w", p.official, why, err)
+	}
+	return ref, detail + " (" + p.official + ": " + why + ")", nil
+}
+
+// pullOfficial pulls the official image, unless a pull failed less than ttl
+// ago, and says why it did not get it. Test binaries starting at once take
+// turns, so that the later ones find the first one's failure remembered.
+func (p imagePicker) pullOfficial() (why string, err error) {
+	if p.failures != "" {
+		if unlock, err := lockFile(p.failures + ".lock"); err == nil {
+			defer unlock()
+		}
+		if haveImage(p.pool, p.official) {
+			return "", nil // pulled by the binary that held the lock
+		}
+		if at, ok := p.failedLately(); ok {
+			return "its pull failed at " + at.Format(time.TimeOnly) + ", not retried before " + at.Add(p.ttl).Format(time.TimeOnly), errPullSkipped
+		}
+	}
+	begin := time.Now()
+	err = pullImage(p.pool, p.official, p.answer, pullTimeout)
+	took := time.Since(begin).Round(time.Millisecond)
+	if err == nil {
+		if p.failures != "" {
+			_ = os.Remove(p.failures)
+		}
+		fmt.Fprintf(p.log, "redistest: pulled %s in %v\n", p.official, took)
+		return "", nil
+	}
+	why = fmt.Sprintf("cannot be pulled (%v, after %v)", err, took)
+	remembered := ""
+	if p.failures != "" {
+		if werr := os.WriteFile(p.failures, []byte(why+"\n"), 0o644); werr == nil {
+			remembered = fmt.Sprintf(" (not retried for %v: %s)", p.ttl, p.failures)
+		}
+	}
+	fmt.Fprintf(p.log, "redistest: %s %s; using the image built FROM scratch%s\n", p.official, why, remembered)
+	return why, err
+}
+
+var errPullSkipped = errors.New("pull skipped: it failed lately")
+
+// failedLately reports whether the failures file was written less than ttl
+// ago (a time in the future does not count: the clock was set back).
+func (p imagePicker) failedLately() (time.Time, bool) {
+	fi, err := os.Stat(p.failures)
+	if err != nil {
+		return time.Time{}, false
+	}
+	age := time.Since(fi.ModTime())
+	return fi.ModTime(), age >= 0 && age < p.ttl
+}
+
+// pullFailureFile is the file remembering a failed pull of ref from the
+// engine of pool, per user: os.TempDir may be shared.
+func pullFailureFile(pool *dockertest.Pool, ref string) string {
+	sum := sha256.Sum256([]byte(pool.Client.Endpoint() + "\x00" + ref))
+	return filepath.Join(os.TempDir(), fmt.Sprintf("segmenter-redistest-pull-%d-%s.failed", os.Getuid(), hex.EncodeToString(sum[:6])))
 }
 
 func haveImage(pool *dockertest.Pool, ref string) bool {
@@ -166,21 +278,54 @@ func haveImage(pool *dockertest.Pool, ref string) bool {
 	return err == nil
 }
 
-func pullImage(pool *dockertest.Pool, ref string) error {
+// pullImage pulls ref. It gives up when the engine reports no progress
+// within answer (the registry did not answer), when the pull stalls for
+// pullStall, or when it takes longer than total in all.
+func pullImage(pool *dockertest.Pool, ref string, answer, total time.Duration) error {
 	repo, tag := ref, "latest"
 	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
 		repo, tag = ref[:i], ref[i+1:]
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), pullTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), total)
 	defer cancel()
 	defer idle(pool)
-	return pool.Client.PullImage(dc.PullImageOptions{
-		Repository:   repo,
-		Tag:          tag,
-		Context:      ctx,
-		OutputStream: io.Discard,
+	progress := &firstWrite{}
+	var unanswered atomic.Bool
+	watch := time.AfterFunc(answer, func() {
+		if !progress.written() {
+			unanswered.Store(true)
+			cancel()
+		}
+	})
+	defer watch.Stop()
+	err := pool.Client.PullImage(dc.PullImageOptions{
+		Repository:        repo,
+		Tag:               tag,
+		Context:           ctx,
+		OutputStream:      progress,
+		InactivityTimeout: pullStall,
 	}, dc.AuthConfiguration{})
+	if err != nil && unanswered.Load() {
+		return fmt.Errorf("no answer from the registry within %v: %w", answer, err)
+	}
+	return err
 }
+
+// pullStall bounds a pause in the progress stream of a pull.
+const pullStall = 30 * time.Second
+
+// firstWrite is a writer that discards what it is given and remembers that
+// something came.
+type firstWrite struct{ n atomic.Bool }
+
+func (w *firstWrite) Write(b []byte) (int, error) {
+	if len(b) > 0 {
+		w.n.Store(true)
+	}
+	return len(b), nil
+}
+
+func (w *firstWrite) written() bool { return w.n.Load() }
 
 // scratchImage returns the image built FROM scratch out of the host's
 // redis-server and its shared libraries, building it unless an image with
@@ -188,8 +333,8 @@ func pullImage(pool *dockertest.Pool, ref string) error {
 func scratchImage(pool *dockertest.Pool) (string, string, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
-		return "", "", fmt.Errorf("no usable image: %s is not set or not usable, %s is not present "+
-			"locally, and no redis-server on PATH to build %s from: %w", EnvImage, DefaultImage, ScratchRepository, err)
+		return "", "", fmt.Errorf("no usable image: %s is not set or not usable, and no redis-server "+
+			"on PATH to build %s from: %w", EnvImage, ScratchRepository, err)
 	}
 	real, err := filepath.EvalSymlinks(bin)
 	if err != nil {

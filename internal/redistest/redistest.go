@@ -6,11 +6,16 @@
 //     as is (it is pinged first).
 //  2. "docker": a Docker engine answers. A container is started from the
 //     image named by SEGMENTER_REDIS_IMAGE if that image exists locally or
-//     can be pulled; otherwise from redis:7 if it already exists locally;
-//     otherwise from a local image built FROM scratch out of the host's own
-//     redis-server binary and the shared libraries ldd reports for it
-//     (tag segmenter-redis-scratch:<hash>, built once and then reused).
-//     No image registry is needed for the last option.
+//     can be pulled; otherwise from the official redis:7 if it exists
+//     locally or can be pulled; otherwise from a local image built FROM
+//     scratch out of the host's own redis-server binary and the shared
+//     libraries ldd reports for it (tag segmenter-redis-scratch:<hash>,
+//     built once and then reused). No image registry is needed for the last
+//     option. The pull of redis:7 is given up when the registry has not
+//     answered within 5s, and a failed one is remembered for 10 minutes
+//     (a file in os.TempDir) by the test binaries of the host, so that a
+//     machine without a registry pays for it once per `go test ./...` run,
+//     not once per package.
 //  3. "process": redis-server is on PATH. It is started as a child process
 //     on a free loopback port with a private temporary directory.
 //

@@ -41,14 +41,25 @@ local function id_less(a, b)
   return tonumber(aseq) < tonumber(bseq)
 end
 
--- for_other: is entry e meant for another group only? Then it is
--- acknowledged for this one, never delivered to it.
+-- for_other: is entry e meant for another group only (a dead letter
+-- re-driven for that group)? Then it is acknowledged for this one, never
+-- delivered to it. One look at fixed positions, not a scan of the fields:
+-- re-driven entries start with the marker pair seg.to = group (a name
+-- reserved by segmenter); entries re-driven by earlier versions are ones
+-- segmenter wrote (format version v first) ending with to = group. An entry
+-- re-driven for this group is delivered without its marker, with its
+-- original fields only.
 local function for_other(e)
   local f = e[2]
-  local n = #f
-  -- Only entries segmenter wrote (format version first) and re-drove (the
-  -- group last) qualify: one look, not a scan of every field.
-  if f[1] ~= 'v' or f[n - 1] ~= 'to' or f[n] == group then return false end
+  if f[1] == 'seg.to' then
+    if f[2] == group then
+      table.remove(f, 1); table.remove(f, 1)
+      return false
+    end
+  else
+    local n = #f
+    if f[1] ~= 'v' or f[n - 1] ~= 'to' or f[n] == group then return false end
+  end
   redis.call('XACK', KEYS[2], group, e[1])
   return true
 end
