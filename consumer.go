@@ -176,7 +176,6 @@ type Consumer struct {
 	rotate    int
 	closing   bool
 	flushing  bool // a flushEvents is calling the listener and hooks
-	waiting   bool // a waitForEntries goroutine is running
 	fetchSeq  uint64
 
 	stats     stats
@@ -956,6 +955,7 @@ func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.Fe
 			Cursor:     op.cursor,
 			CursorIdle: op.cursorIdle,
 			FetchID:    c.id + ":" + strconv.FormatUint(c.fetchSeq, 10),
+			NeedTop:    op.lastID == "",
 		}
 	}
 	return reqs, ready[:n], nil
@@ -1029,18 +1029,22 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 			if newerID(r.TopID, op.lastID) || op.lastID == "" {
 				op.lastID = r.TopID
 			}
-			if r.NextCursor == "" {
+			if r.NextCursor == "" && !r.More {
 				op.quiet, op.quietUntil = true, now.Add(quietFor)
 			}
 			continue
 		}
-		op.quiet = false
+		// Fewer entries than asked for, and no claim to go on with: the
+		// partition is drained for now. It is watched from its newest entry
+		// (an entry that came meanwhile wakes the watcher at once) instead
+		// of being fetched again to find it empty.
+		op.quiet = r.NextCursor == "" && !r.More && len(r.Entries) < reqs[i].Count
+		op.quietUntil = now.Add(quietFor)
 		// A claim of the whole pending list (after a lost reply or a Nack)
 		// also returns messages the application still holds: they are not
 		// handed out twice.
-		reclaim := reqs[i].Cursor != "" && reqs[i].CursorIdle == 0
 		for _, e := range r.Entries {
-			if at, held := op.inflight[e.ID]; reclaim && held && now.Before(at.Add(c.maxProc)) {
+			if at, held := op.inflight[e.ID]; r.Reclaimed && held && now.Before(at.Add(c.maxProc)) {
 				continue
 			}
 			m := &contracts.CMessage{
@@ -1074,39 +1078,36 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 
 // wait blocks up to d for something to read: a new entry in a partition
 // found empty, a change of ownership, a delivered message coming due for
-// redelivery, a signal on extra, or the end of ctx. The wait for new entries
-// is a read-only XREAD BLOCK (it changes no state, so it needs no fence) run
-// by one waiter goroutine the consumer owns, so that the caller can stop
-// waiting at once for any of the other reasons.
+// redelivery, a signal on extra, or the end of ctx. New entries come from
+// the Segmenter's entry watcher (a read-only XREAD BLOCK over the quiet
+// partitions of its consumers); where there is none (a cluster), quiet
+// partitions are polled.
 func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struct{}) error {
 	c.mu.Lock()
 	changed := c.changed
 	if due, ok := c.nextDueLocked(); ok {
 		d = min(d, max(time.Until(due), 5*time.Millisecond))
 	}
-	_, cluster := c.seg.rdb.(*redis.ClusterClient)
-	if cluster {
+	var from map[int]string
+	if !c.seg.watch.usable() {
 		// One XREAD cannot span slots: poll (quiet partitions are fetched
 		// again after quietFor at the latest).
 		d = min(d, 50*time.Millisecond)
-	} else if d >= time.Millisecond && !c.closing && !c.waiting {
-		// Wait on every quiet partition held, from the newest entry seen in
-		// it, so that news from any of them wakes the caller.
-		from := make(map[int]string, len(c.parts))
+	} else if d >= time.Millisecond && !c.closing {
+		// Every quiet partition held, from the newest entry seen in it.
+		// Only quiet ones: the others are fetched as soon as they may be
+		// (and a busy one's backlog would wake the watcher at once).
+		from = make(map[int]string, len(c.parts))
 		for p, op := range c.parts {
-			// Only quiet partitions: the others are fetched as soon as they
-			// may be (and a busy one's backlog would wake XREAD at once).
 			if op.quiet && !op.revoking && op.lastID != "" {
 				from[p] = op.lastID
 			}
 		}
-		if len(from) > 0 {
-			c.waiting = true
-			c.wg.Add(1)
-			go c.waitForEntries(from, d)
-		}
 	}
 	c.mu.Unlock()
+	if from != nil {
+		c.seg.watch.watch(ctx, c, from)
+	}
 
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -1121,38 +1122,19 @@ func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struc
 	return nil
 }
 
-// waitForEntries blocks in Redis until an entry newer than from[p] comes to
-// one of the partitions, or d passes; it marks those partitions for the next
-// fetch and signals newEntries. A failed call signals too: the next fetch
-// reports the error.
-func (c *Consumer) waitForEntries(from map[int]string, d time.Duration) {
-	defer c.wg.Done()
-	streams := make([]string, 0, 2*len(from))
-	ids := make([]string, 0, len(from))
-	for p, id := range from {
-		streams = append(streams, c.stream.keys[p])
-		ids = append(ids, id)
-	}
-	streams = append(streams, ids...)
-	res, err := c.seg.rdb.XRead(c.ctx, &redis.XReadArgs{Streams: streams, Count: 1, Block: d}).Result()
+// entriesArrived marks the partitions of the stream keys for the next fetch
+// and wakes a waiting Read or Run.
+func (c *Consumer) entriesArrived(keys []string) {
 	c.mu.Lock()
-	c.waiting = false
-	for _, x := range res {
-		if op, ok := c.parts[c.stream.partitionOfKey(x.Stream)]; ok {
+	for _, k := range keys {
+		if op, ok := c.parts[c.stream.partitionOfKey(k)]; ok {
 			op.quiet = false
 		}
 	}
-	if err != nil && !errors.Is(err, redis.Nil) {
-		for _, op := range c.parts {
-			op.quiet = false // fetch everything: the next fetch reports the error
-		}
-	}
 	c.mu.Unlock()
-	if !errors.Is(err, redis.Nil) {
-		select {
-		case c.newEntries <- struct{}{}:
-		default:
-		}
+	select {
+	case c.newEntries <- struct{}{}:
+	default:
 	}
 }
 
@@ -1353,6 +1335,7 @@ func (c *Consumer) Shutdown(ctx context.Context) error {
 		c.mu.Unlock()
 		c.shutdownErr = c.leave(ctx)
 		c.seg.notify.remove(c)
+		c.seg.watch.unwatch(c)
 		c.seg.mu.Lock()
 		delete(c.seg.consumers, c)
 		c.seg.mu.Unlock()

@@ -27,8 +27,19 @@ func checkLog(t *testing.T, rec *invariant.Recorder, opts invariant.Options) {
 }
 
 func TestPerKeyOrderOver10000Messages(t *testing.T) {
+	t.Run("single node", func(t *testing.T) { testPerKeyOrderOver10000Messages(t, nil) })
+	// A client that is not a *redis.Client takes the scripts' path for
+	// every read and ack, and polls instead of blocking, as on a cluster.
+	t.Run("scripts", func(t *testing.T) { testPerKeyOrderOver10000Messages(t, scriptsClient{redistest.Client(t)}) })
+}
+
+// scriptsClient hides the *redis.Client it wraps: the SDK then reads and
+// acks through its scripts and polls, as with a cluster client.
+type scriptsClient struct{ *redis.Client }
+
+func testPerKeyOrderOver10000Messages(t *testing.T, rdb redis.UniversalClient) {
 	ctx := context.Background()
-	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	seg := newSegmenter(t, redistest.Namespace(t), rdb)
 	st, err := seg.RegisterStream(ctx, "orders", 8, 0)
 	if err != nil {
 		t.Fatal(err)

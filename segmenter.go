@@ -128,6 +128,7 @@ type Segmenter struct {
 	closed    bool
 	consumers map[*Consumer]struct{}
 	notify    notifier
+	watch     entryWatcher
 }
 
 // NewSegmenter validates cfg, connects (when given a URL) and returns a
@@ -148,6 +149,7 @@ func NewSegmenter(cfg *Config) (*Segmenter, error) {
 		consumers: make(map[*Consumer]struct{}),
 	}
 	s.notify.seg = s
+	s.watch.init(s)
 	if s.rdb == nil {
 		opt, err := redis.ParseURL(c.RedisURL)
 		if err != nil {
@@ -187,6 +189,7 @@ func (s *Segmenter) Close(ctx context.Context) error {
 		}
 	}
 	s.notify.close()
+	s.watch.close()
 	if s.ownClient {
 		errs = append(errs, s.rdb.Close())
 	}

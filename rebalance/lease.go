@@ -129,6 +129,9 @@ type FetchRequest struct {
 	// FetchID is unique per fetch of this holder; a call that arrives with
 	// the same id as the previous one is a retry whose first reply was lost.
 	FetchID string
+	// NeedTop asks for the partition's last entry ID when nothing is read
+	// (FetchResult.TopID): the caller knows no position to wait from.
+	NeedTop bool
 }
 
 // Entry is a stream entry: its ID and its fields as name, value pairs.
@@ -155,6 +158,14 @@ type FetchResult struct {
 	// TopID is the partition's last entry ID when nothing was returned, the
 	// position to wait from for new entries.
 	TopID string
+	// More: the read stopped short (entries meant for other groups took
+	// its room); entries may follow at once.
+	More bool
+	// Reclaimed: the entries came from a claim of the whole pending list
+	// (after a takeover, a Nack, or a read whose reply was lost, which the
+	// fetch detects by its FetchID): they include messages the caller
+	// delivered before and may still be processing.
+	Reclaimed bool
 }
 
 // NeverDue as Fetch's redeliverAfter starts no claim of messages due for
@@ -163,8 +174,32 @@ const NeverDue = time.Duration(1<<63 - 1)
 
 // Fetch runs the fenced read of every request in one round trip. Pending
 // messages idle for at least redeliverAfter are claimed and delivered, oldest
-// first, before any new message of their partition.
+// first, before any new message of their partition. On a single Redis node,
+// reads with no claim to do run natively (see native.go).
 func Fetch(ctx context.Context, rdb redis.Cmdable, owner, group string, redeliverAfter time.Duration, reqs []FetchRequest) []FetchResult {
+	if native(rdb) && len(reqs) > 0 && nativeFetchable(reqs) {
+		if res, err := fetchNative(ctx, rdb, owner, group, redeliverAfter, reqs); err == nil {
+			return res
+		}
+		// Aborted or failed: the scripts handle every case, a read whose
+		// outcome is unknown included (same fetch ids).
+	}
+	return fetchScripts(ctx, rdb, owner, group, redeliverAfter, reqs)
+}
+
+// nativeFetchable reports whether every request is a plain read: no claim
+// in progress and a known position to wait from.
+func nativeFetchable(reqs []FetchRequest) bool {
+	for _, r := range reqs {
+		if r.Cursor != "" || r.NeedTop {
+			return false
+		}
+	}
+	return true
+}
+
+// fetchScripts is Fetch with one fetch.lua per request.
+func fetchScripts(ctx context.Context, rdb redis.Cmdable, owner, group string, redeliverAfter time.Duration, reqs []FetchRequest) []FetchResult {
 	var b batch
 	calls := make([]*call, len(reqs))
 	for i, r := range reqs {
@@ -190,7 +225,7 @@ func parseFetch(cmd *redis.Cmd) (res FetchResult) {
 		res.Fenced = true
 		return res
 	}
-	if len(v) != 7 {
+	if len(v) != 8 {
 		res.Err = fmt.Errorf("fetch: unexpected reply of %d elements", len(v))
 		return res
 	}
@@ -220,6 +255,7 @@ func parseFetch(cmd *redis.Cmd) (res FetchResult) {
 	}
 	res.TopID = str(v[5])
 	res.NextCursorIdle = time.Duration(num(v[6])) * time.Millisecond
+	res.Reclaimed = num(v[7]) == 1
 	return res
 }
 
@@ -240,10 +276,24 @@ type AckResult struct {
 // maxAckIDs bounds the IDs of one script call (Lua's unpack limit).
 const maxAckIDs = 1000
 
-// Ack runs the fenced acknowledgement of every request in one round trip.
-// XACK is idempotent, so an ack whose reply was lost may be sent again.
+// Ack runs the fenced acknowledgement of every request in one round trip
+// (natively on a single Redis node, see native.go; two when a lease was
+// lost). XACK is idempotent, so an ack whose reply was lost may be sent
+// again.
 func Ack(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs []AckRequest) []AckResult {
-	if _, single := rdb.(*redis.Client); single && len(reqs) > 1 {
+	if native(rdb) && len(reqs) > 0 {
+		if res, err := ackNative(ctx, rdb, owner, group, reqs); err == nil {
+			return res
+		}
+		// A lease is not ours (the scripts say which), or the call failed
+		// (sent again: XACK is idempotent).
+	}
+	return ackScripts(ctx, rdb, owner, group, reqs)
+}
+
+// ackScripts is Ack through the scripts.
+func ackScripts(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs []AckRequest) []AckResult {
+	if native(rdb) && len(reqs) > 1 {
 		return ackMany(ctx, rdb, owner, group, reqs)
 	}
 	var b batch

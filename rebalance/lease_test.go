@@ -15,6 +15,16 @@ import (
 
 func TestMain(m *testing.M) { redistest.Main(m) }
 
+// bothPaths runs test against the native reads and acks of a single node,
+// then against the scripts alone (a cluster's path).
+func bothPaths(t *testing.T, test func(t *testing.T)) {
+	t.Run("native", test)
+	t.Run("scripts", func(t *testing.T) {
+		rebalance.UseScriptsOnly(t)
+		test(t)
+	})
+}
+
 type fixture struct {
 	ctx    context.Context
 	rdb    *redis.Client
@@ -144,7 +154,9 @@ func TestEpochNotReissuedAfterLeaseHashLost(t *testing.T) {
 	}
 }
 
-func TestFetchAndAckAreFenced(t *testing.T) {
+func TestFetchAndAckAreFenced(t *testing.T) { bothPaths(t, testFetchAndAckAreFenced) }
+
+func testFetchAndAckAreFenced(t *testing.T) {
 	f := newFixture(t)
 	f.add(t, 3)
 	a := f.acquire(t, "A", time.Minute)
@@ -185,6 +197,10 @@ func TestFetchAndAckAreFenced(t *testing.T) {
 }
 
 func TestTakeoverClaimsPendingFirstInOrder(t *testing.T) {
+	bothPaths(t, testTakeoverClaimsPendingFirstInOrder)
+}
+
+func testTakeoverClaimsPendingFirstInOrder(t *testing.T) {
 	f := newFixture(t)
 	sent := f.add(t, 5)
 	a := f.acquire(t, "A", time.Minute)
@@ -219,6 +235,10 @@ func TestTakeoverClaimsPendingFirstInOrder(t *testing.T) {
 }
 
 func TestRedeliveryGoesFirstOldestFirst(t *testing.T) {
+	bothPaths(t, testRedeliveryGoesFirstOldestFirst)
+}
+
+func testRedeliveryGoesFirstOldestFirst(t *testing.T) {
 	f := newFixture(t)
 	sent := f.add(t, 5)
 	a := f.acquire(t, "A", time.Minute)
@@ -248,6 +268,10 @@ func TestRedeliveryGoesFirstOldestFirst(t *testing.T) {
 }
 
 func TestRetriedFetchReclaimsInsteadOfSkipping(t *testing.T) {
+	bothPaths(t, testRetriedFetchReclaimsInsteadOfSkipping)
+}
+
+func testRetriedFetchReclaimsInsteadOfSkipping(t *testing.T) {
 	f := newFixture(t)
 	sent := f.add(t, 4)
 	a := f.acquire(t, "A", time.Minute)
@@ -258,8 +282,11 @@ func TestRetriedFetchReclaimsInsteadOfSkipping(t *testing.T) {
 	// The reply was lost and the client retried the very same call: it must
 	// get the first messages again, not the next ones.
 	retry := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 2, FetchID: "same"}, time.Hour)
-	if !slices.Equal(ids(retry), sent[:2]) {
-		t.Fatalf("retried fetch: %v, want %v", ids(retry), sent[:2])
+	if !slices.Equal(ids(retry), sent[:2]) || !retry.Reclaimed {
+		t.Fatalf("retried fetch: %v (reclaimed %v), want %v reclaimed", ids(retry), retry.Reclaimed, sent[:2])
+	}
+	if lost.Reclaimed {
+		t.Fatal("a first read says it reclaimed")
 	}
 	next := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 10, FetchID: "next", Cursor: retry.NextCursor, CursorIdle: retry.NextCursorIdle}, time.Hour)
 	if !slices.Equal(ids(next), sent[2:]) {
@@ -268,6 +295,10 @@ func TestRetriedFetchReclaimsInsteadOfSkipping(t *testing.T) {
 }
 
 func TestTrimmedPendingEntriesAreReported(t *testing.T) {
+	bothPaths(t, testTrimmedPendingEntriesAreReported)
+}
+
+func testTrimmedPendingEntriesAreReported(t *testing.T) {
 	f := newFixture(t)
 	sent := f.add(t, 3)
 	a := f.acquire(t, "A", time.Minute)
@@ -284,7 +315,9 @@ func TestTrimmedPendingEntriesAreReported(t *testing.T) {
 	}
 }
 
-func TestFetchOnMissingGroupIsNOGROUP(t *testing.T) {
+func TestFetchOnMissingGroupIsNOGROUP(t *testing.T) { bothPaths(t, testFetchOnMissingGroupIsNOGROUP) }
+
+func testFetchOnMissingGroupIsNOGROUP(t *testing.T) {
 	f := newFixture(t)
 	a := f.acquire(t, "A", time.Minute)
 	if err := f.rdb.Del(f.ctx, f.stream).Err(); err != nil {
@@ -298,7 +331,9 @@ func TestFetchOnMissingGroupIsNOGROUP(t *testing.T) {
 	}
 }
 
-func TestScriptsSurviveScriptFlush(t *testing.T) {
+func TestScriptsSurviveScriptFlush(t *testing.T) { bothPaths(t, testScriptsSurviveScriptFlush) }
+
+func testScriptsSurviveScriptFlush(t *testing.T) {
 	// SCRIPT FLUSH empties the server's script cache for every client, so
 	// this test runs on a server of its own.
 	inst := redistest.Standalone(t)
@@ -316,6 +351,10 @@ func TestScriptsSurviveScriptFlush(t *testing.T) {
 }
 
 func TestClaimRestartsWhenAPassedMessageComesDueAgain(t *testing.T) {
+	bothPaths(t, testClaimRestartsWhenAPassedMessageComesDueAgain)
+}
+
+func testClaimRestartsWhenAPassedMessageComesDueAgain(t *testing.T) {
 	f := newFixture(t)
 	sent := f.add(t, 4)
 	a := f.acquire(t, "A", time.Minute)
@@ -391,6 +430,10 @@ func TestTakeoverRemovesDepartedConsumersOnceTheirPendingIsClaimed(t *testing.T)
 }
 
 func TestAckOfSeveralPartitionsFencesEachOnItsOwn(t *testing.T) {
+	bothPaths(t, testAckOfSeveralPartitionsFencesEachOnItsOwn)
+}
+
+func testAckOfSeveralPartitionsFencesEachOnItsOwn(t *testing.T) {
 	f, g := newFixture(t), newFixture(t)
 	fi, gi := f.add(t, 3), g.add(t, 2)
 	a := f.acquire(t, "A", time.Minute)

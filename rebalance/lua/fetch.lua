@@ -9,13 +9,15 @@
 -- previous one is a retry of a call whose reply was lost: its messages went
 -- to the pending list unseen, so it claims the whole pending list again.
 -- Reply: {0} fenced |
---   {1, entries, next_cursor, trimmed_ids, counts, top_id, claim_idle}
+--   {1, entries, next_cursor, trimmed_ids, counts, top_id, claim_idle, whole}
 --   entries: {{id, {field, value, ...}}, ...}; counts: {id, deliveries, ...}
 --   for claimed entries; top_id: the partition's last entry id when nothing
 --   was found ('' otherwise); claim_idle: the min idle of the claim that
---   next_cursor continues.
--- An entry whose last field is 'to' naming another group (a dead letter
--- re-driven for that group) is acknowledged for this group and left out.
+--   next_cursor continues; whole: 1 when this call claimed from the whole
+--   pending list (idle 0), which holds messages the caller may still be
+--   processing, 0 otherwise.
+-- An entry meant for another group only (a dead letter re-driven for it, see
+-- for_other) is acknowledged for this group and left out.
 local l = redis.call('HMGET', KEYS[1], 'o', 'e', 'r')
 if l[1] ~= ARGV[1] or l[2] ~= ARGV[2] then return {0} end
 local me, group, count = ARGV[1], ARGV[3], tonumber(ARGV[4])
@@ -147,4 +149,6 @@ elseif #entries == 0 then
   local t = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
   if #t > 0 then top = t[1][1] else top = '0-0' end
 end
-return {1, entries, next_cursor, trimmed, counts, top, claim_idle}
+local whole = 0
+if claimed and claim_idle == '0' then whole = 1 end
+return {1, entries, next_cursor, trimmed, counts, top, claim_idle, whole}

@@ -1,0 +1,32 @@
+-- guard_fetch: the fence of a native group read (see native.go). It runs
+-- after WATCH of the leases and before MULTI ... XREADGROUP ... EXEC, on one
+-- connection: when a check fails it writes to the lease, which aborts the
+-- EXEC, so the read runs only if every lease was the caller's from this
+-- check to the read. Sent with EVAL, never EVALSHA: a script that did not
+-- run (NOSCRIPT) would let the read through unfenced.
+-- KEYS: lease 1..n, then stream 1..n. ARGV: owner, group, redelivery idle
+-- ms ('' = none), then per partition: epoch, fetch id.
+-- Reply: {1} all clear | {0, i, why} aborted at partition i, why one of
+-- 'fenced', 'retry' (the previous fetch was this one: its reply was lost),
+-- 'due' (a pending message is due for redelivery), 'error'.
+local owner, group, idle = ARGV[1], ARGV[2], ARGV[3]
+local n = #KEYS / 2
+for i = 1, n do
+  local why
+  local l = redis.pcall('HMGET', KEYS[i], 'o', 'e', 'r')
+  if type(l) ~= 'table' or l.err then
+    why = 'error'
+  elseif l[1] ~= owner or l[2] ~= ARGV[2 + 2 * i] then
+    why = 'fenced'
+  elseif l[3] == ARGV[3 + 2 * i] then
+    why = 'retry'
+  elseif idle ~= '' then
+    local p = redis.pcall('XPENDING', KEYS[n + i], group, 'IDLE', idle, '-', '+', 1)
+    if type(p) ~= 'table' or p.err then why = 'error' elseif #p > 0 then why = 'due' end
+  end
+  if why then
+    redis.pcall('HSET', KEYS[i], 'w', '1')
+    return {0, i, why}
+  end
+end
+return {1}

@@ -1,0 +1,273 @@
+package rebalance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The native path. A fenced read or ack through a Lua script passes every
+// entry (or ID) through Lua, which costs Redis 2 to 4 times the command
+// itself. On a single Redis node the common case runs natively instead, in
+// one round trip on one connection:
+//
+//	WATCH lease...                 the leases of the partitions
+//	EVAL guard lease... stream...  checks holder and epoch (and, for a read,
+//	                               that nothing is due for redelivery and that
+//	                               this is no retry of a read whose reply was
+//	                               lost); when a check fails it writes to a
+//	                               lease, which aborts the EXEC
+//	MULTI
+//	HSET lease r <fetch id>        (reads) the retry marker, as fetch.lua
+//	XREADGROUP ... | XACK ...      the work itself
+//	EXEC                           runs only if no lease was written since
+//	                               WATCH: the check and the work are atomic
+//
+// A lease changes hands only by a write to its key (acquire.lua), and WATCH
+// aborts the EXEC on any write, so a consumer that lost a lease never reads
+// or acks under it, exactly as with the scripts. The guard is sent with
+// EVAL, not EVALSHA: a guard that did not run (NOSCRIPT after SCRIPT FLUSH)
+// would let the EXEC through unchecked. Every other reason a guard cannot
+// run also rejects the transaction: out of memory, the queued HSET (denied
+// under OOM) aborts it; BUSY, LOADING and READONLY refuse MULTI or the
+// queued commands too. When the EXEC is aborted or anything is unusual
+// (a claim in progress, a redelivery due, a lost reply), the caller runs the
+// scripts, which handle every case.
+var (
+	guardFetch = mustRead("guard_fetch")
+	guardAck   = mustRead("guard_ack")
+)
+
+func mustRead(name string) string {
+	b, err := luaFiles.ReadFile("lua/" + name + ".lua")
+	if err != nil {
+		panic(err) // embedded at build time: cannot happen
+	}
+	return string(b)
+}
+
+// native reports whether rdb runs the native path: one Redis node.
+func native(rdb redis.Cmdable) bool {
+	_, ok := rdb.(*redis.Client)
+	return ok && !scriptsOnly.Load()
+}
+
+// scriptsOnly turns the native path off (tests of the scripts' own paths).
+var scriptsOnly atomic.Bool
+
+// errAborted: the EXEC did not run (a lease was written since WATCH, or the
+// guard failed a check). The caller falls back to the scripts.
+var errAborted = errors.New("native: aborted")
+
+// fetchNative runs reqs (none with a claim in progress) as one native read.
+// It returns errAborted, or another error, when the caller must use the
+// scripts instead; the read then did not run, or its outcome is unknown and
+// the scripts' retry marker covers it.
+func fetchNative(ctx context.Context, rdb redis.Cmdable, owner, group string, redeliverAfter time.Duration, reqs []FetchRequest) ([]FetchResult, error) {
+	n := len(reqs)
+	keys := make([]any, 0, 1+n)
+	keys = append(keys, "WATCH")
+	gkeys := make([]string, 0, 2*n)
+	for _, r := range reqs {
+		keys = append(keys, r.LeaseKey)
+		gkeys = append(gkeys, r.LeaseKey)
+	}
+	for _, r := range reqs {
+		gkeys = append(gkeys, r.StreamKey)
+	}
+	idle := ""
+	if redeliverAfter != NeverDue {
+		idle = strconv.FormatInt(redeliverAfter.Milliseconds(), 10)
+	}
+	gargs := make([]any, 0, 3+2*n)
+	gargs = append(gargs, owner, group, idle)
+	for _, r := range reqs {
+		gargs = append(gargs, strconv.FormatInt(r.Epoch, 10), r.FetchID)
+	}
+
+	pipe := rdb.Pipeline()
+	pipe.Do(ctx, keys...)
+	guard := pipe.Eval(ctx, guardFetch, gkeys, gargs...)
+	pipe.Do(ctx, "MULTI")
+	for _, r := range reqs {
+		pipe.Do(ctx, "HSET", r.LeaseKey, "r", r.FetchID)
+	}
+	for _, r := range reqs {
+		pipe.Do(ctx, "XREADGROUP", "GROUP", group, owner, "COUNT", r.Count, "STREAMS", r.StreamKey, ">")
+	}
+	exec := pipe.Do(ctx, "EXEC")
+	_, _ = pipe.Exec(ctx)
+
+	v, err := exec.Slice()
+	if err != nil {
+		if errors.Is(err, redis.Nil) {
+			return nil, errAborted
+		}
+		return nil, err
+	}
+	if g, gerr := guard.Slice(); gerr != nil || len(g) == 0 || num(g[0]) != 1 {
+		// The guard failed or refused, yet the EXEC ran: it cannot have
+		// (a refusal writes a lease), unless the lease key is not a hash.
+		// The read's outcome is then unknown: the retry marker is set, so
+		// the scripts claim the pending list again.
+		return nil, fmt.Errorf("native fetch: guard %v %v with the read done", g, gerr)
+	}
+	if len(v) != 2*n {
+		return nil, fmt.Errorf("native fetch: EXEC returned %d replies for %d commands", len(v), 2*n)
+	}
+	out := make([]FetchResult, n)
+	var skipped []AckRequest
+	for i, r := range reqs {
+		entries, err := parseReadGroup(v[n+i])
+		if err != nil {
+			// The read ran but its reply is unusable: unknown outcome,
+			// covered by the retry marker as above.
+			return nil, fmt.Errorf("native fetch: %w", err)
+		}
+		var other []string // entries re-driven for another group
+		kept := entries[:0]
+		for _, e := range entries {
+			fields, skip := forOther(e.Fields, group)
+			if skip {
+				other = append(other, e.ID)
+				continue
+			}
+			e.Fields = fields
+			kept = append(kept, e)
+		}
+		out[i].Entries = kept
+		if len(other) > 0 {
+			skipped = append(skipped, AckRequest{LeaseKey: r.LeaseKey, StreamKey: r.StreamKey, Epoch: r.Epoch, IDs: other})
+			if len(kept) == 0 {
+				out[i].TopID = other[len(other)-1] // wait from there
+			}
+			// The skipped entries took room: more may follow at once
+			// (fetch.lua reads on instead).
+			out[i].More = len(entries) == r.Count
+		}
+	}
+	if len(skipped) > 0 {
+		// Acknowledged for this group, never delivered to it (fenced: a
+		// lease lost meanwhile leaves them to the next owner, who skips
+		// them too).
+		_ = ackScripts(ctx, rdb, owner, group, skipped)
+	}
+	return out, nil
+}
+
+// forOther reports whether an entry is meant for another group only (a dead
+// letter re-driven for it), as fetch.lua's for_other; for this group's own
+// re-driven entries it returns the fields without the marker.
+func forOther(f []string, group string) ([]string, bool) {
+	if len(f) >= 2 && f[0] == FieldRedriveTo {
+		if f[1] == group {
+			return f[2:], false
+		}
+		return nil, true
+	}
+	n := len(f)
+	if n >= 4 && f[0] == "v" && f[n-2] == FieldTo && f[n-1] != group {
+		return nil, true
+	}
+	return f, false
+}
+
+// parseReadGroup turns the reply of an XREADGROUP of one stream (RESP2 or
+// RESP3, nil when nothing was read) into entries.
+func parseReadGroup(v any) ([]Entry, error) {
+	var streams []any
+	switch x := v.(type) {
+	case nil:
+		return nil, nil
+	case redis.Error:
+		return nil, x
+	case map[any]any: // RESP3: stream -> entries
+		for _, e := range x {
+			streams = append(streams, e)
+		}
+	case []any: // RESP2: [[stream, entries]]
+		for _, s := range x {
+			pair, ok := s.([]any)
+			if !ok || len(pair) != 2 {
+				return nil, fmt.Errorf("unexpected XREADGROUP reply %v", v)
+			}
+			streams = append(streams, pair[1])
+		}
+	default:
+		return nil, fmt.Errorf("unexpected XREADGROUP reply %T", v)
+	}
+	var out []Entry
+	for _, s := range streams {
+		raw, _ := s.([]any)
+		if out == nil {
+			out = make([]Entry, 0, len(raw))
+		}
+		for _, e := range raw {
+			pair, ok := e.([]any)
+			if !ok || len(pair) != 2 {
+				return nil, fmt.Errorf("unexpected XREADGROUP entry %v", e)
+			}
+			fv, _ := pair[1].([]any)
+			fields := make([]string, len(fv))
+			for j, f := range fv {
+				fields[j] = str(f)
+			}
+			out = append(out, Entry{ID: str(pair[0]), Fields: fields})
+		}
+	}
+	return out, nil
+}
+
+// ackNative runs reqs as one native acknowledgement. It returns errAborted,
+// or another error, when the caller must use the scripts (XACK is
+// idempotent: running it again is harmless).
+func ackNative(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs []AckRequest) ([]AckResult, error) {
+	n := len(reqs)
+	watch := make([]any, 0, 1+n)
+	watch = append(watch, "WATCH")
+	keys := make([]string, 0, n)
+	args := make([]any, 0, 1+n)
+	args = append(args, owner)
+	for _, r := range reqs {
+		watch = append(watch, r.LeaseKey)
+		keys = append(keys, r.LeaseKey)
+		args = append(args, strconv.FormatInt(r.Epoch, 10))
+	}
+	pipe := rdb.Pipeline()
+	pipe.Do(ctx, watch...)
+	pipe.Eval(ctx, guardAck, keys, args...)
+	pipe.Do(ctx, "MULTI")
+	for _, r := range reqs {
+		a := make([]any, 0, 3+len(r.IDs))
+		a = append(a, "XACK", r.StreamKey, group)
+		for _, id := range r.IDs {
+			a = append(a, id)
+		}
+		pipe.Do(ctx, a...)
+	}
+	exec := pipe.Do(ctx, "EXEC")
+	_, _ = pipe.Exec(ctx)
+	v, err := exec.Slice()
+	if err != nil {
+		if errors.Is(err, redis.Nil) {
+			return nil, errAborted
+		}
+		return nil, err
+	}
+	if len(v) != n {
+		return nil, fmt.Errorf("native ack: EXEC returned %d replies for %d commands", len(v), n)
+	}
+	out := make([]AckResult, n)
+	for i, x := range v {
+		if e, ok := x.(redis.Error); ok {
+			return nil, e
+		}
+		out[i].Acked = num(x)
+	}
+	return out, nil
+}

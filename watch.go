@@ -1,0 +1,270 @@
+package segmenter
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// entryWatcher tells the consumers of a Segmenter when entries arrive in the
+// partitions they found empty (quiet): one goroutine waits in one read-only
+// XREAD BLOCK over every quiet partition of every consumer, on a connection
+// of its own. XREAD changes no state, so it needs no fence. When a consumer's
+// quiet set grows while the XREAD is blocked, the XREAD is re-armed at once
+// (CLIENT UNBLOCK), so that no quiet partition goes unwatched; where CLIENT
+// UNBLOCK is refused (an ACL), the XREAD blocks for short times instead.
+//
+// It serves single-node clients (*redis.Client, Sentinel included): one
+// XREAD cannot span the slots of a cluster, whose consumers poll instead.
+// The goroutine runs while there are subscribers, and Close waits for it.
+type entryWatcher struct {
+	seg *Segmenter
+
+	mu      sync.Mutex
+	subs    map[*Consumer]map[string]string // consumer -> stream key -> from ID
+	armed   map[string]string               // the XREAD in flight: key -> from ID
+	seq     uint64                          // counts the XREADs sent
+	id      int64                           // the connection's client ID (0: unknown)
+	noUnblk bool                            // CLIENT UNBLOCK was refused
+	running bool
+	closed  bool
+	wake    chan struct{} // a subscription came while none was armed
+	wg      sync.WaitGroup
+}
+
+// shortBlock bounds one XREAD when it cannot be re-armed by CLIENT UNBLOCK.
+const shortBlock = 20 * time.Millisecond
+
+func (w *entryWatcher) init(s *Segmenter) {
+	w.seg = s
+	w.subs = make(map[*Consumer]map[string]string)
+	w.wake = make(chan struct{}, 1)
+}
+
+// usable reports whether the Segmenter's client can run the watcher.
+func (w *entryWatcher) usable() bool {
+	_, ok := w.seg.rdb.(*redis.Client)
+	return ok
+}
+
+// watch makes from (partition -> the newest entry ID c has seen in it) c's
+// quiet set: c hears of an entry newer than from[p] in any p of it. It
+// returns at once, after re-arming the XREAD in flight when it does not
+// cover the set.
+func (w *entryWatcher) watch(ctx context.Context, c *Consumer, from map[int]string) {
+	sub := make(map[string]string, len(from))
+	for p, id := range from {
+		sub[c.stream.keys[p]] = id
+	}
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	if len(sub) == 0 {
+		delete(w.subs, c)
+		w.mu.Unlock()
+		return
+	}
+	w.subs[c] = sub
+	if !w.running {
+		w.running = true
+		w.wg.Add(1)
+		go w.run()
+		w.mu.Unlock()
+		return
+	}
+	if w.armed == nil {
+		w.mu.Unlock()
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	covered := true
+	for k, id := range sub {
+		if a, ok := w.armed[k]; !ok || newerID(a, id) {
+			covered = false
+			break
+		}
+	}
+	seq, id, unblock := w.seq, w.id, !w.noUnblk && w.id != 0
+	w.mu.Unlock()
+	if !covered && unblock {
+		w.rearm(ctx, seq, id)
+	}
+}
+
+// rearm unblocks the XREAD number seq so that it starts again with the
+// current subscriptions. An XREAD still on its way to Redis cannot be
+// unblocked yet: try a few times.
+func (w *entryWatcher) rearm(ctx context.Context, seq uint64, id int64) {
+	for range 20 {
+		n, err := w.seg.rdb.ClientUnblock(ctx, id).Result()
+		if err != nil {
+			if redis.HasErrorPrefix(err, "NOPERM") || redis.HasErrorPrefix(err, "ERR unknown") {
+				w.mu.Lock()
+				w.noUnblk = true
+				w.mu.Unlock()
+			}
+			return
+		}
+		if n == 1 {
+			return
+		}
+		w.mu.Lock()
+		pending := w.armed != nil && w.seq == seq
+		w.mu.Unlock()
+		if !pending {
+			return // it returned: the next XREAD has the new set
+		}
+		t := time.NewTimer(200 * time.Microsecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// unwatch drops c's subscription.
+func (w *entryWatcher) unwatch(c *Consumer) {
+	w.mu.Lock()
+	delete(w.subs, c)
+	w.mu.Unlock()
+}
+
+// run waits for entries until no consumer subscribes or the watcher closes.
+func (w *entryWatcher) run() {
+	defer w.wg.Done()
+	ctx := context.Background()
+	var conn *redis.Conn
+	defer func() {
+		if conn != nil {
+			_ = conn.Close()
+		}
+	}()
+	for {
+		w.mu.Lock()
+		if w.closed || len(w.subs) == 0 {
+			w.running, w.armed = false, nil
+			w.mu.Unlock()
+			return
+		}
+		if conn == nil {
+			w.mu.Unlock()
+			conn = w.seg.rdb.(*redis.Client).Conn()
+			id, err := conn.ClientID(ctx).Result()
+			if err != nil {
+				id = 0
+			}
+			w.mu.Lock()
+			w.id = id
+			if w.closed {
+				w.mu.Unlock()
+				continue
+			}
+		}
+		armed := make(map[string]string)
+		for _, sub := range w.subs {
+			for k, id := range sub {
+				if a, ok := armed[k]; !ok || newerID(a, id) {
+					armed[k] = id // the oldest: news for any subscriber wakes it
+				}
+			}
+		}
+		streams := make([]string, 0, 2*len(armed))
+		for k := range armed {
+			streams = append(streams, k)
+		}
+		for _, k := range streams[:len(armed)] {
+			streams = append(streams, armed[k])
+		}
+		w.armed = armed
+		w.seq++
+		block := w.seg.cfg.BlockInterval
+		if w.noUnblk || w.id == 0 {
+			block = min(block, shortBlock)
+		}
+		w.mu.Unlock()
+
+		res, err := conn.XRead(ctx, &redis.XReadArgs{Streams: streams, Count: 1, Block: block}).Result()
+
+		notify := make(map[*Consumer][]string)
+		w.mu.Lock()
+		w.armed = nil
+		failed := err != nil && !errors.Is(err, redis.Nil)
+		for c, sub := range w.subs {
+			if failed {
+				// Every subscriber fetches: its fetch reports the error.
+				for k := range sub {
+					notify[c] = append(notify[c], k)
+				}
+				delete(w.subs, c)
+				continue
+			}
+			for _, x := range res {
+				if from, ok := sub[x.Stream]; ok && len(x.Messages) > 0 && newerID(x.Messages[0].ID, from) {
+					notify[c] = append(notify[c], x.Stream)
+					delete(sub, x.Stream)
+				}
+			}
+			if len(sub) == 0 {
+				delete(w.subs, c)
+			}
+		}
+		closed := w.closed
+		w.mu.Unlock()
+		for c, keys := range notify {
+			c.entriesArrived(keys)
+		}
+		if failed && !closed {
+			// A broken connection is replaced; either way, do not spin.
+			_ = conn.Close()
+			conn = nil
+			w.pause(w.seg.cfg.BlockInterval)
+		}
+	}
+}
+
+// pause waits d, or less when the watcher closes.
+func (w *entryWatcher) pause(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			return
+		case <-w.wake:
+			w.mu.Lock()
+			closed := w.closed
+			w.mu.Unlock()
+			if closed {
+				return
+			}
+		}
+	}
+}
+
+// close stops the watcher and waits for its goroutine.
+func (w *entryWatcher) close() {
+	w.mu.Lock()
+	w.closed = true
+	pending, id := w.armed != nil, w.id
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+	if pending && id != 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = w.seg.rdb.ClientUnblock(ctx, id).Err()
+		cancel()
+	}
+	w.wg.Wait()
+}
