@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -301,5 +303,91 @@ func TestRunRetryBackoffWaits(t *testing.T) {
 		if waited := starts[i+1].Sub(fails[i]); waited < want {
 			t.Errorf("attempt %d started %v after attempt %d failed, want at least %v", i+2, waited, i+1, want)
 		}
+	}
+}
+
+// TestRunInFlightMessagesDoNotComeDue runs for many maxProcessingTimes while
+// a failing message holds back others and a slow handler runs past
+// maxProcessingTime: none of them is delivered again meanwhile.
+func TestRunInFlightMessagesDoNotComeDue(t *testing.T) {
+	const maxProc = 300 * time.Millisecond
+	const failFor = 6 * maxProc // the failing key fails this long, then succeeds
+	const slowFor = 3 * maxProc // the slow message's handler runs this long
+	for _, mode := range []struct {
+		name string
+		opts []segmenter.RunOption
+	}{
+		{"sequential", nil},
+		{"per-key", []segmenter.RunOption{segmenter.WithKeyConcurrency(100)}},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			ctx := context.Background()
+			seg := newSegmenter(t, redistest.Namespace(t), nil)
+			st, err := seg.RegisterStream(ctx, "s", 1, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := invariant.NewRecorder()
+			c, err := seg.RegisterConsumer(ctx, "s", "g", 50, maxProc, segmenter.WithHooks(recordingHook{rec}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys := []string{"bad", "slow", "good1", "good2"}
+			var batch []*contracts.PMessage
+			for i := 0; i < 80; i++ {
+				batch = append(batch, msg(keys[i%4], strconv.Itoa(i/4)))
+			}
+			send(t, st, rec, batch...)
+			var mu sync.Mutex
+			handled := map[string]int{} // successful handlings by message ID
+			var firstFail time.Time
+			var goodDoneWhileBadFailed atomic.Int64
+			var badFailing atomic.Bool
+			badFailing.Store(true)
+			opts := append([]segmenter.RunOption{segmenter.WithRetryBackoff(5*time.Millisecond, 20*time.Millisecond)}, mode.opts...)
+			stop := runUntil(t, c, func(ctx context.Context, m *contracts.CMessage) error {
+				switch {
+				case m.PartitionKey == "bad" && string(m.Data) == "0":
+					mu.Lock()
+					if firstFail.IsZero() {
+						firstFail = time.Now()
+					}
+					failing := time.Since(firstFail) < failFor
+					mu.Unlock()
+					if failing {
+						return errors.New("not yet")
+					}
+					badFailing.Store(false)
+				case m.PartitionKey == "slow" && string(m.Data) == "0":
+					time.Sleep(slowFor) // the work: longer than maxProcessingTime
+				case strings.HasPrefix(m.PartitionKey, "good") && badFailing.Load():
+					goodDoneWhileBadFailed.Add(1)
+				}
+				mu.Lock()
+				handled[m.Id]++
+				mu.Unlock()
+				return nil
+			}, opts...)
+			waitAcked(t, rec, time.Minute)
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for id, n := range handled {
+				if n != 1 {
+					t.Errorf("message %s handled successfully %d times", id, n)
+				}
+			}
+			if s := c.Stats(); s.Redelivered != 0 || s.Delivered != 80 || s.Acked != 80 {
+				t.Fatalf("stats %+v: want 80 delivered once and acked, nothing redelivered", s)
+			}
+			if mode.name == "per-key" && goodDoneWhileBadFailed.Load() != 40 {
+				t.Fatalf("%d of the 40 messages of other keys were handled while the failing key held back only itself", goodDoneWhileBadFailed.Load())
+			}
+			// Not the Due invariant: Run keeps in-flight messages from
+			// coming due, which a log of deliveries and acks cannot show.
+			checkLog(t, rec, invariant.Options{RequireAllAcked: true})
+		})
 	}
 }
