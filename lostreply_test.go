@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -429,5 +430,70 @@ func TestLostAckRepliesAreNotFenced(t *testing.T) {
 	}
 	if len(c.Assignment()) != partitions {
 		t.Fatalf("the consumer holds %v after lost ack replies, want all %d partitions", c.Assignment(), partitions)
+	}
+}
+
+// TestRunWithLostFetchRepliesKeepsEachKeysOrder: under Run, a lost fetch
+// reply never makes a handler see a key's message after a newer one of
+// that key (the handler's work keeps messages in flight across the retry).
+func TestRunWithLostFetchRepliesKeepsEachKeysOrder(t *testing.T) {
+	for _, mode := range []struct {
+		name string
+		opts []segmenter.RunOption
+	}{
+		{"sequential", nil},
+		{"per-key", []segmenter.RunOption{segmenter.WithKeyConcurrency(32)}},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			ctx := context.Background()
+			ns := redistest.Namespace(t)
+			markers := [][]byte{scriptMarker(t, "fetch"), []byte("XREADGROUP")}
+			seg, proxy := proxiedSegmenter(t, ns, markers, func(n int) bool { return n%2 == 0 })
+			direct := redistest.Client(t)
+			producer := newSegmenter(t, ns, direct)
+			st, err := producer.RegisterStream(ctx, "s", 2, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, err := seg.RegisterConsumer(ctx, "s", "g", 20, 10*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const total = 160
+			sendKeyed(t, st, nil, 8, total)
+			var mu sync.Mutex
+			last := map[string]int{} // the newest sequence number handled, per key
+			handled := map[string]bool{}
+			var violations []string
+			stop := runUntil(t, c, func(ctx context.Context, m *contracts.CMessage) error {
+				seq, _ := strconv.Atoi(string(m.Data))
+				mu.Lock()
+				if l, ok := last[m.PartitionKey]; ok && seq < l && len(violations) < 20 {
+					violations = append(violations, fmt.Sprintf("key %s: message %d (%s, delivery %d) handled after message %d", m.PartitionKey, seq, m.Id, m.DeliveryCount, l))
+				}
+				last[m.PartitionKey] = max(last[m.PartitionKey], seq)
+				handled[m.PartitionKey+"/"+string(m.Data)] = true
+				mu.Unlock()
+				time.Sleep(30 * time.Millisecond) // the work: messages stay in flight
+				return nil
+			}, mode.opts...)
+			redistest.Eventually(t, time.Minute, func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(handled) == total && pendingTotal(t, direct, ns, "s", "g", 2) == 0
+			}, "not every message was handled and acked")
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%d fetch writes, %d replies lost; stats %+v", proxy.matches.Load(), proxy.lost.Load(), c.Stats())
+			if proxy.lost.Load() < 3 {
+				t.Fatalf("only %d fetch replies were lost: the test did not test", proxy.lost.Load())
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, v := range violations {
+				t.Error(v)
+			}
+		})
 	}
 }
