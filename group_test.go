@@ -115,22 +115,41 @@ func TestJoinAndLeaveKeepBalanceAndOrder(t *testing.T) {
 	produce(90000, 2000)
 	redistest.Eventually(t, 10*time.Second, func() bool { return balanced(ws, 16) }, "the remaining consumers never took over")
 	sent.Wait()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	allAcked := func() bool {
 		s := invariant.Summarize(rec.Events())
-		if s.Acked >= s.Sent {
-			break
+		return s.Acked >= s.Sent
+	}
+	if !poll(30*time.Second, allAcked) {
+		for _, w := range ws {
+			t.Logf("consumer %s holds %v, stats %+v", w.c.ID(), w.c.Assignment(), w.c.Stats())
 		}
-		if time.Now().After(deadline) {
-			for _, w := range ws {
-				t.Logf("consumer %s holds %v, stats %+v", w.c.ID(), w.c.Assignment(), w.c.Stats())
-			}
-			t.Fatalf("not every message was acked: %v\n%v", s, rec.Check(invariant.Options{MaxProcessingTime: 10 * time.Second, RequireAllAcked: true}))
-		}
-		time.Sleep(20 * time.Millisecond)
+		t.Fatalf("not every message was acked: %v\n%v", invariant.Summarize(rec.Events()), rec.Check(invariant.Options{MaxProcessingTime: 10 * time.Second, RequireAllAcked: true}))
 	}
 	for _, w := range ws {
 		w.stop()
 	}
 	checkLog(t, rec, invariant.Options{MaxProcessingTime: 10 * time.Second, RequireAllAcked: true})
+}
+
+// poll checks cond every few milliseconds until it holds, and reports
+// whether it did within timeout (for tests that explain a failure better
+// than redistest.Eventually can).
+func poll(timeout time.Duration, cond func() bool) bool {
+	if cond() {
+		return true
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			if cond() {
+				return true
+			}
+		case <-deadline.C:
+			return cond()
+		}
+	}
 }

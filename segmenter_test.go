@@ -3,6 +3,7 @@ package segmenter_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -70,7 +71,7 @@ func TestBadInputWritesNothing(t *testing.T) {
 	seg := newSegmenter(t, ns, rdb)
 	long := strings.Repeat("s", segmenter.MaxNameLength+1)
 
-	for _, tc := range []struct {
+	badStreams := []struct {
 		name       string
 		stream     string
 		partitions int
@@ -85,7 +86,9 @@ func TestBadInputWritesNothing(t *testing.T) {
 		{"negative partitions", "s", -3, 0},
 		{"too many partitions", "s", 1 << 20, 0},
 		{"negative retention", "s", 4, -1},
-	} {
+		{"existing name, zero partitions", "orders", 0, 0},
+	}
+	for _, tc := range badStreams {
 		t.Run("RegisterStream/"+tc.name, func(t *testing.T) {
 			_, err := seg.RegisterStream(ctx, tc.stream, tc.partitions, tc.maxLen)
 			if !errors.Is(err, segmenter.ErrInvalidArgument) {
@@ -97,11 +100,70 @@ func TestBadInputWritesNothing(t *testing.T) {
 		t.Fatalf("rejected RegisterStream calls wrote %v", keys)
 	}
 
+	// Every kind of key the SDK writes exists before the rejected calls:
+	// stream metadata, partitions with entries, a group with delivered,
+	// acked and pending messages, its membership, assignment, leases and
+	// dead letters. A write into any of them changes the snapshot.
 	st, err := seg.RegisterStream(ctx, "orders", 4, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := keysOf(t, rdb, ns)
+	var batch []*contracts.PMessage
+	for p := 0; p < 4; p++ {
+		batch = append(batch, msg(keyFor(t, st, p, 0), "a"), msg(keyFor(t, st, p, 0), "b"), msg(keyFor(t, st, p, 0), "c"))
+	}
+	send(t, st, nil, batch...)
+	g0, err := seg.RegisterConsumer(ctx, "orders", "g0", 3, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := drainNoAck(t, g0, nil, 3)
+	if err := g0.Ack(ctx, got[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := g0.DeadLetter(ctx, "test", got[1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := g0.Nack(got[2]); err != nil { // stays pending in Redis
+		t.Fatal(err)
+	}
+	if err := g0.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Group g1's only consumer is frozen: its membership and leases stay
+	// in Redis, unchanged.
+	rdb1 := redistest.Client(t)
+	freeze := &freezer{}
+	rdb1.AddHook(freeze)
+	g1, err := newSegmenter(t, ns, rdb1).RegisterConsumer(ctx, "orders", "g1", 3, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drainNoAck(t, g1, nil, 3)
+	freeze.Freeze()
+	before := snapshot(t, rdb, ns)
+	for _, kind := range []string{"hash", "set", "zset", "stream"} {
+		found := false
+		for _, v := range before {
+			found = found || strings.HasPrefix(v, kind+"\n")
+		}
+		if !found {
+			t.Fatalf("no %s in the namespace before the rejected calls: %v", kind, before)
+		}
+	}
+
+	for _, tc := range badStreams {
+		t.Run("RegisterStream/existing/"+tc.name, func(t *testing.T) {
+			if _, err := seg.RegisterStream(ctx, tc.stream, tc.partitions, tc.maxLen); !errors.Is(err, segmenter.ErrInvalidArgument) {
+				t.Fatalf("got %v, want ErrInvalidArgument", err)
+			}
+		})
+	}
+	t.Run("RegisterStream/conflict", func(t *testing.T) {
+		if _, err := seg.RegisterStream(ctx, "orders", 8, 0); !errors.Is(err, segmenter.ErrStreamConflict) {
+			t.Fatalf("got %v, want ErrStreamConflict", err)
+		}
+	})
 	for _, tc := range []struct {
 		name string
 		msgs []*contracts.PMessage
@@ -109,6 +171,7 @@ func TestBadInputWritesNothing(t *testing.T) {
 		{"nil message", []*contracts.PMessage{nil}},
 		{"empty key", []*contracts.PMessage{{Data: []byte("x")}}},
 		{"one bad in a batch", []*contracts.PMessage{msg("k", "ok"), {Data: []byte("x")}}},
+		{"nil after good ones", []*contracts.PMessage{msg("k", "ok"), msg("j", "ok"), nil}},
 	} {
 		t.Run("Send/"+tc.name, func(t *testing.T) {
 			if len(tc.msgs) == 1 {
@@ -121,9 +184,12 @@ func TestBadInputWritesNothing(t *testing.T) {
 			}
 		})
 	}
+	badStart := segmenter.WithStartPosition(segmenter.StartPosition(7))
+	badPoison := segmenter.WithPoisonPolicy(segmenter.PoisonPolicy(9))
+	negDeliveries := segmenter.WithMaxDeliveries(-1)
 	for _, tc := range []struct {
 		name           string
-		stream, group  string
+		stream         string
 		batch          int
 		maxProcessing  time.Duration
 		opts           []segmenter.ConsumerOption
@@ -131,36 +197,57 @@ func TestBadInputWritesNothing(t *testing.T) {
 		wantFragments  []string
 		wantInvalidArg bool
 	}{
-		{name: "zero batch", stream: "orders", group: "g", batch: 0, maxProcessing: time.Second, wantInvalidArg: true},
-		{name: "huge batch", stream: "orders", group: "g", batch: segmenter.MaxBatchSize + 1, maxProcessing: time.Second, wantInvalidArg: true},
-		{name: "bad group", stream: "orders", group: "g:1", batch: 1, maxProcessing: time.Second, wantInvalidArg: true},
-		{name: "empty group", stream: "orders", group: "", batch: 1, maxProcessing: time.Second, wantInvalidArg: true},
-		{name: "zero processing time", stream: "orders", group: "g", batch: 1, maxProcessing: 0, wantInvalidArg: true},
-		{name: "bad consumer name", stream: "orders", group: "g", batch: 1, maxProcessing: time.Second, opts: []segmenter.ConsumerOption{segmenter.WithConsumerName("a b")}, wantInvalidArg: true},
-		{name: "all at once", stream: "", group: "", batch: 0, maxProcessing: 0, wantInvalidArg: true, wantFragments: []string{"stream name", "group name", "batchSize", "maxProcessingTime"}},
-		{name: "unknown stream", stream: "nope", group: "g", batch: 1, maxProcessing: time.Second, wantNotFound: true},
+		{name: "zero batch", stream: "orders", batch: 0, maxProcessing: time.Second, wantInvalidArg: true},
+		{name: "huge batch", stream: "orders", batch: segmenter.MaxBatchSize + 1, maxProcessing: time.Second, wantInvalidArg: true},
+		{name: "zero processing time", stream: "orders", batch: 1, maxProcessing: 0, wantInvalidArg: true},
+		{name: "bad consumer name", stream: "orders", batch: 1, maxProcessing: time.Second, opts: []segmenter.ConsumerOption{segmenter.WithConsumerName("a b")}, wantInvalidArg: true},
+		{name: "unknown start position", stream: "orders", batch: 1, maxProcessing: time.Second, opts: []segmenter.ConsumerOption{badStart},
+			wantInvalidArg: true, wantFragments: []string{"StartPosition"}},
+		{name: "unknown poison policy", stream: "orders", batch: 1, maxProcessing: time.Second, opts: []segmenter.ConsumerOption{badPoison},
+			wantInvalidArg: true, wantFragments: []string{"PoisonPolicy"}},
+		{name: "negative max deliveries", stream: "orders", batch: 1, maxProcessing: time.Second, opts: []segmenter.ConsumerOption{negDeliveries},
+			wantInvalidArg: true, wantFragments: []string{"MaxDeliveries"}},
+		{name: "every option at once", stream: "orders", batch: 1, maxProcessing: time.Second, opts: []segmenter.ConsumerOption{badStart, badPoison, negDeliveries},
+			wantInvalidArg: true, wantFragments: []string{"StartPosition", "PoisonPolicy", "MaxDeliveries"}},
+		{name: "all at once", stream: "", batch: 0, maxProcessing: 0, opts: []segmenter.ConsumerOption{badStart, badPoison, negDeliveries, segmenter.WithConsumerName("a:b")},
+			wantInvalidArg: true, wantFragments: []string{"stream name", "group name", "consumer name", "batchSize", "maxProcessingTime", "StartPosition", "PoisonPolicy", "MaxDeliveries"}},
+		{name: "unknown stream", stream: "nope", batch: 1, maxProcessing: time.Second, wantNotFound: true},
+		{name: "unknown stream and bad options", stream: "nope", batch: 1, maxProcessing: time.Second, opts: []segmenter.ConsumerOption{badPoison}, wantInvalidArg: true},
 	} {
-		t.Run("RegisterConsumer/"+tc.name, func(t *testing.T) {
-			c, err := seg.RegisterConsumer(ctx, tc.stream, tc.group, tc.batch, tc.maxProcessing, tc.opts...)
-			if c != nil {
-				t.Fatal("got a consumer")
+		// Existing groups and a new one: none may be touched.
+		for _, group := range []string{"g0", "g1", "g"} {
+			if tc.name == "all at once" {
+				group = ""
 			}
-			if tc.wantInvalidArg && !errors.Is(err, segmenter.ErrInvalidArgument) {
-				t.Fatalf("got %v, want ErrInvalidArgument", err)
-			}
-			if tc.wantNotFound && !errors.Is(err, segmenter.ErrStreamNotFound) {
-				t.Fatalf("got %v, want ErrStreamNotFound", err)
-			}
-			for _, f := range tc.wantFragments {
-				if !strings.Contains(err.Error(), f) {
-					t.Errorf("error %q does not mention %q", err, f)
+			t.Run("RegisterConsumer/"+group+"/"+tc.name, func(t *testing.T) {
+				c, err := seg.RegisterConsumer(ctx, tc.stream, group, tc.batch, tc.maxProcessing, tc.opts...)
+				if c != nil {
+					t.Fatal("got a consumer")
 				}
-			}
-		})
+				if tc.wantInvalidArg && !errors.Is(err, segmenter.ErrInvalidArgument) {
+					t.Fatalf("got %v, want ErrInvalidArgument", err)
+				}
+				if tc.wantNotFound && !errors.Is(err, segmenter.ErrStreamNotFound) {
+					t.Fatalf("got %v, want ErrStreamNotFound", err)
+				}
+				for _, f := range tc.wantFragments {
+					if !strings.Contains(err.Error(), f) {
+						t.Errorf("error %q does not mention %q", err, f)
+					}
+				}
+			})
+		}
+		for _, group := range []string{"g:1", ""} {
+			t.Run("RegisterConsumer/bad group "+strconv.Quote(group)+"/"+tc.name, func(t *testing.T) {
+				c, err := seg.RegisterConsumer(ctx, tc.stream, group, tc.batch, tc.maxProcessing, tc.opts...)
+				if c != nil || !errors.Is(err, segmenter.ErrInvalidArgument) || !strings.Contains(err.Error(), "group name") {
+					t.Fatalf("got %v, %v; want ErrInvalidArgument about the group name", c, err)
+				}
+			})
+		}
 	}
-	if after := keysOf(t, rdb, ns); len(after) != len(before) {
-		t.Fatalf("rejected calls wrote keys: before %v after %v", before, after)
-	}
+	compareSnapshots(t, before, snapshot(t, rdb, ns))
+
 	c, err := seg.RegisterConsumer(ctx, "orders", "g", 10, time.Second)
 	if err != nil {
 		t.Fatal(err)
