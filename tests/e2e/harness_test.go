@@ -504,10 +504,19 @@ func (e *env) addRecorder(stream, group string, r *invariant.Recorder) {
 // requiring every message acked, and returns the log.
 func (e *env) check(stream, group string, maxProc time.Duration, producers ...*producer) []invariant.Event {
 	e.t.Helper()
+	return e.checkWith(stream, group, invariant.Options{MaxProcessingTime: maxProc}, producers...)
+}
+
+// checkWith is check with the checker's options opts (the consumers'
+// MaxProcessingTime, the order mode); it requires every message acked and
+// sets the clock slack.
+func (e *env) checkWith(stream, group string, opts invariant.Options, producers ...*producer) []invariant.Event {
+	e.t.Helper()
 	evs := e.events(stream, group, producers...)
 	sum := invariant.Summarize(evs)
 	e.t.Logf("invariant log of stream %s group %s:\n%v", stream, group, sum)
-	err := invariant.Check(evs, invariant.Options{MaxProcessingTime: maxProc, RequireAllAcked: true, Slack: clockSlack})
+	opts.RequireAllAcked, opts.Slack = true, clockSlack
+	err := invariant.Check(evs, opts)
 	if err != nil {
 		e.keepLog(stream, group, evs)
 		e.t.Fatalf("stream %s group %s: invariants violated:\n%v", stream, group, err)
