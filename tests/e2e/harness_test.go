@@ -62,7 +62,10 @@ type env struct {
 // names a server) and returns the test's environment.
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	return newEnvOn(t, redistest.Server(t))
+	info := redistest.Server(t)
+	line := fmt.Sprintf("e2e: redis backend %s (%s) at %s", info.Backend, info.Detail, info.Addr)
+	sharedBackend.CompareAndSwap(nil, &line)
+	return newEnvOn(t, info)
 }
 
 // newEnvOn is newEnv on the server info (a Standalone one).
