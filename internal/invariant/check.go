@@ -27,7 +27,24 @@ type Options struct {
 	// RequireAllAcked makes Loss also require an ack of every sent message
 	// (AckOK, or an ack of unknown outcome not followed by a redelivery).
 	RequireAllAcked bool
+	// Order is the unit whose messages keep their order: OrderByPartition
+	// (the default), or OrderByKey for consumers that process the keys of
+	// a partition concurrently (Run with WithKeyConcurrency). It applies to
+	// Order, Due and HandlerOrder.
+	Order OrderMode
 }
+
+// OrderMode is the unit of order of Options.Order.
+type OrderMode uint8
+
+// The order modes.
+const (
+	// OrderByPartition: the messages of a partition keep stream order.
+	OrderByPartition OrderMode = iota
+	// OrderByKey: the messages of a partition with one key keep stream
+	// order; those of different keys are independent.
+	OrderByKey
+)
 
 // Invariant names one of the invariants Check proves.
 type Invariant string
@@ -48,14 +65,28 @@ const (
 	SingleOwner Invariant = "single-owner"
 	// AckedRedelivered: a message acked successfully is not delivered again.
 	AckedRedelivered Invariant = "acked-redelivered"
-	// DeliveryCount: delivery counts are at least 1 and never decrease.
+	// DeliveryCount: delivery counts are at least 1 and go up with every
+	// delivery.
 	DeliveryCount Invariant = "delivery-count"
+	// Duplicate: a message is delivered again only under a newer lease
+	// epoch than its previous delivery, or at least MaxProcessingTime after
+	// it, or after a Nack, a read error or an ack of unknown outcome of its
+	// partition by the consumer in between.
+	Duplicate Invariant = "duplicate"
+	// StaleDelivery: no Read under an older epoch returns a partition's
+	// messages after a Read under a newer epoch returned some.
+	StaleDelivery Invariant = "stale-delivery"
+	// HandlerOrder: the handler calls of one owner (consumer and epoch) of
+	// a partition (of a key, with OrderByKey) run one at a time and move on
+	// from a message only once a call on it succeeded; the first handler
+	// call of each message follows stream order.
+	HandlerOrder Invariant = "handler-order"
 	// Malformed: an event the checker cannot use (unknown kind, bad ID,
 	// missing or reversed times).
 	Malformed Invariant = "malformed"
 )
 
-var invariants = []Invariant{Order, Due, Loss, SingleOwner, AckedRedelivered, DeliveryCount, Malformed}
+var invariants = []Invariant{Order, Due, Loss, SingleOwner, StaleDelivery, Duplicate, HandlerOrder, AckedRedelivered, DeliveryCount, Malformed}
 
 // Violation is one violation of an invariant found by Check. The error
 // returned by Check joins them; find them with errors.As.
@@ -64,6 +95,9 @@ type Violation struct {
 	Invariant Invariant
 	// Partition is the partition concerned.
 	Partition int
+	// Key is the partition key concerned, for the invariants checked per
+	// key (Options.Order OrderByKey).
+	Key string
 	// IDs are the messages concerned, the main one first.
 	IDs    []string
 	Detail string
@@ -71,6 +105,9 @@ type Violation struct {
 
 // Error describes the violation.
 func (v *Violation) Error() string {
+	if v.Key != "" {
+		return fmt.Sprintf("%s: partition %d key %q: %s", v.Invariant, v.Partition, v.Key, v.Detail)
+	}
 	return fmt.Sprintf("%s: partition %d: %s", v.Invariant, v.Partition, v.Detail)
 }
 
@@ -91,10 +128,16 @@ const never = int64(1) << 62
 func Check(events []Event, opts Options) error {
 	c := newChecker(events, opts)
 	for _, pt := range c.parts {
-		c.checkBatchOrder(pt)
-		c.checkFirstOrder(pt)
-		c.checkDue(pt)
+		for _, u := range c.units(pt) {
+			c.checkBatchOrder(u)
+			c.checkFirstOrder(u, false)
+			c.checkDue(u)
+			c.checkFirstOrder(u, true)
+			c.checkHandlerCalls(u)
+		}
 		c.checkOwner(pt)
+		c.checkStale(pt)
+		c.checkDuplicates(pt)
 		c.checkMessages(pt)
 	}
 	return c.err()
@@ -132,12 +175,13 @@ type rec struct {
 }
 
 type msg struct {
-	id   string
-	sid  streamID
-	rank int
-	sent []*rec
-	dels []*rec // sorted by (s, e)
-	acks []*rec // every outcome, unfinished acks as AckError
+	id      string
+	sid     streamID
+	key     string // of its first send, else of its first delivery
+	sent    []*rec
+	dels    []*rec // sorted by (s, e)
+	acks    []*rec // every outcome, unfinished acks as AckError
+	handled []*rec // handler calls, sorted by (s, e)
 }
 
 // call is the deliveries of one partition by one Read call.
@@ -148,11 +192,18 @@ type call struct {
 	dels     []*rec // sorted by Index
 }
 
+// part is a partition, or with OrderByKey one key of a partition (a unit
+// of order, see units).
 type part struct {
 	p     int
+	key   string // the unit's key, "" for a whole partition
 	msgs  map[streamID]*msg
 	order []*msg // by ID
 	calls []*call
+	// faults are the events after which the partition's consumer may
+	// deliver its pending messages again at once: nacks, read errors and
+	// acks of unknown outcome, sorted by start.
+	faults []*rec
 }
 
 type checker struct {
@@ -160,6 +211,7 @@ type checker struct {
 	slack     int64
 	t0        int64
 	parts     []*part // by partition
+	global    []*rec  // read errors of every partition of their consumer
 	viol      []*Violation
 	malformed int
 }
@@ -227,10 +279,18 @@ func newChecker(events []Event, opts Options) *checker {
 				c.t0, first = r.s, false
 			}
 		}
+		if r.Kind == KindReadError && r.Partition < 0 {
+			c.global = append(c.global, r)
+			continue
+		}
 		pt := byPart[r.Partition]
 		if pt == nil {
 			pt = &part{p: r.Partition, msgs: make(map[streamID]*msg)}
 			byPart[r.Partition] = pt
+		}
+		if r.Kind == KindReadError {
+			pt.faults = append(pt.faults, r)
+			continue
 		}
 		m := pt.msgs[r.sid]
 		if m == nil {
@@ -253,19 +313,31 @@ func newChecker(events []Event, opts Options) *checker {
 			cl.dels = append(cl.dels, r)
 		case KindAcked:
 			m.acks = append(m.acks, r)
+			if r.Outcome == AckError {
+				pt.faults = append(pt.faults, r)
+			}
+		case KindNacked:
+			pt.faults = append(pt.faults, r)
+		case KindHandled:
+			m.handled = append(m.handled, r)
 		}
 	}
 	for _, pt := range byPart {
 		for _, m := range pt.msgs {
 			pt.order = append(pt.order, m)
-			slices.SortStableFunc(m.dels, func(a, b *rec) int {
-				return cmp.Or(cmp.Compare(a.s, b.s), cmp.Compare(a.e, b.e))
-			})
+			slices.SortStableFunc(m.dels, byTime)
+			slices.SortStableFunc(m.handled, byTime)
+			switch {
+			case len(m.sent) > 0:
+				m.key = m.sent[0].Key
+			case len(m.dels) > 0:
+				m.key = m.dels[0].Key
+			case len(m.handled) > 0:
+				m.key = m.handled[0].Key
+			}
 		}
 		slices.SortFunc(pt.order, func(a, b *msg) int { return a.sid.cmp(b.sid) })
-		for i, m := range pt.order {
-			m.rank = i
-		}
+		slices.SortStableFunc(pt.faults, byTime)
 		for _, cl := range pt.calls {
 			slices.SortStableFunc(cl.dels, func(a, b *rec) int { return cmp.Compare(a.Index, b.Index) })
 		}
@@ -283,17 +355,19 @@ func (c *checker) prepare(i int, r *rec, at func(time.Time) int64) bool {
 		c.add(Malformed, r.Partition, []string{r.ID}, fmt.Sprintf("event %d (%s of %q): ", i, r.Kind, r.ID)+fmt.Sprintf(format, args...))
 		return false
 	}
-	if r.Kind < KindSent || r.Kind > KindAcked {
+	if r.Kind < KindSent || r.Kind > KindHandled {
 		return bad("unknown kind")
 	}
-	if r.Partition < 0 {
+	if r.Partition < 0 && (r.Kind != KindReadError || r.Partition != -1) {
 		return bad("negative partition")
 	}
-	sid, ok := parseID(r.ID)
-	if !ok {
-		return bad("bad stream entry ID")
+	if r.Kind != KindReadError {
+		sid, ok := parseID(r.ID)
+		if !ok {
+			return bad("bad stream entry ID")
+		}
+		r.sid = sid
 	}
-	r.sid = sid
 	if r.Kind == KindSent {
 		if !r.Start.IsZero() {
 			r.s = at(r.Start)
@@ -318,11 +392,19 @@ func (c *checker) prepare(i int, r *rec, at func(time.Time) int64) bool {
 	if r.Kind == KindAcked && (r.Outcome < AckOK || r.Outcome > AckError) {
 		return bad("unknown ack outcome %d", r.Outcome)
 	}
+	if r.Kind == KindHandled && r.Outcome != AckOK && r.Outcome != AckError {
+		return bad("handler call without outcome ok or error (%d)", r.Outcome)
+	}
 	return true
 }
 
 func (c *checker) add(inv Invariant, p int, ids []string, detail string) {
 	c.viol = append(c.viol, &Violation{Invariant: inv, Partition: p, IDs: ids, Detail: detail})
+}
+
+// addIn adds a violation found in the unit of order pt.
+func (c *checker) addIn(inv Invariant, pt *part, ids []string, detail string) {
+	c.viol = append(c.viol, &Violation{Invariant: inv, Partition: pt.p, Key: pt.key, IDs: ids, Detail: detail})
 }
 
 func (c *checker) err() error {
@@ -376,6 +458,18 @@ func (c *checker) op(r *rec) string {
 		if r.open {
 			what = "ack (never returned)"
 		}
+	case KindHandled:
+		what = fmt.Sprintf("handler call (attempt %d, ok)", r.Attempt)
+		if r.Outcome != AckOK {
+			what = fmt.Sprintf("handler call (attempt %d, failed)", r.Attempt)
+		}
+	case KindNacked:
+		what = "nack"
+	case KindReadError:
+		what = "read error"
+		if r.Partition < 0 {
+			what = "read error (every partition)"
+		}
 	default:
 		what = r.Kind.String()
 	}
@@ -389,35 +483,43 @@ func (c *checker) checkBatchOrder(pt *part) {
 		for k := 1; k < len(cl.dels); k++ {
 			a, b := cl.dels[k-1], cl.dels[k]
 			if o := a.sid.cmp(b.sid); o == 0 {
-				c.add(Order, pt.p, []string{a.ID}, fmt.Sprintf("one %s returned %s twice (indexes %d and %d)", c.op(a), a.ID, a.Index, b.Index))
+				c.addIn(Order, pt, []string{a.ID}, fmt.Sprintf("one %s returned %s twice (indexes %d and %d)", c.op(a), a.ID, a.Index, b.Index))
 				break
 			} else if o > 0 {
-				c.add(Order, pt.p, []string{b.ID, a.ID}, fmt.Sprintf("one %s returned %s (index %d) after newer %s (index %d)", c.op(a), b.ID, b.Index, a.ID, a.Index))
+				c.addIn(Order, pt, []string{b.ID, a.ID}, fmt.Sprintf("one %s returned %s (index %d) after newer %s (index %d)", c.op(a), b.ID, b.Index, a.ID, a.Index))
 				break
 			}
 		}
 	}
 }
 
-// checkFirstOrder: no message is first delivered definitely before an older
-// message of its partition is first delivered.
-func (c *checker) checkFirstOrder(pt *part) {
+// checkFirstOrder: no message is first delivered (with handled, first
+// handled: its first handler call) definitely before an older message of its
+// unit is.
+func (c *checker) checkFirstOrder(pt *part, handled bool) {
 	type late struct {
 		a      *msg
 		b      *rec // the first delivery of a newer message, definitely earlier
 		others int
+	}
+	inv, verb := Order, "delivered"
+	recs := func(m *msg) []*rec { return m.dels }
+	if handled {
+		inv, verb = HandlerOrder, "handled"
+		recs = func(m *msg) []*rec { return m.handled }
 	}
 	var lates []*late
 	byMsg := make(map[*msg]*late)
 	var latest *rec // the latest first delivery of the older messages so far
 	var latestMsg *msg
 	for _, m := range pt.order {
-		if len(m.dels) == 0 {
+		rs := recs(m)
+		if len(rs) == 0 {
 			continue
 		}
-		firstStart := m.dels[0]
-		firstEnd := m.dels[0]
-		for _, d := range m.dels {
+		firstStart := rs[0]
+		firstEnd := rs[0]
+		for _, d := range rs {
 			if d.e < firstEnd.e {
 				firstEnd = d
 			}
@@ -440,8 +542,8 @@ func (c *checker) checkFirstOrder(pt *part) {
 		if l.others > 0 {
 			more = fmt.Sprintf(" (and %d more newer messages)", l.others)
 		}
-		c.add(Order, pt.p, []string{l.a.id, l.b.ID}, fmt.Sprintf("%s was first delivered in a %s, after newer %s was delivered in a %s%s",
-			l.a.id, c.op(l.a.dels[0]), l.b.ID, c.op(l.b), more))
+		c.addIn(inv, pt, []string{l.a.id, l.b.ID}, fmt.Sprintf("%s was first %s in a %s, after newer %s was %s in a %s%s",
+			l.a.id, verb, c.op(recs(l.a)[0]), l.b.ID, verb, c.op(l.b), more))
 	}
 }
 
@@ -472,8 +574,10 @@ func (c *checker) checkDue(pt *part) {
 	}
 	n := len(pt.order)
 	st := make([]state, n)
+	rankOf := make(map[*msg]int, n)
 	var ups []update
 	for i, m := range pt.order {
+		rankOf[m] = i
 		if c.opts.AllowLoss != nil && c.opts.AllowLoss(m.id) {
 			st[i].closed = true
 			continue
@@ -521,7 +625,7 @@ func (c *checker) checkDue(pt *part) {
 		}
 		top := 0
 		for _, d := range cl.dels {
-			top = max(top, pt.msgs[d.sid].rank)
+			top = max(top, rankOf[pt.msgs[d.sid]])
 		}
 		due, rank := tree.min(top)
 		if rank < 0 || due > cl.s || reported[rank] {
@@ -537,7 +641,7 @@ func (c *checker) checkDue(pt *part) {
 			}
 		}
 		last := st[rank].last
-		c.add(Due, pt.p, []string{a.id, b.ID}, fmt.Sprintf("%s was due for redelivery (last delivered in a %s, not acked since) when a %s returned newer %s, %v after; max processing time %v",
+		c.addIn(Due, pt, []string{a.id, b.ID}, fmt.Sprintf("%s was due for redelivery (last delivered in a %s, not acked since) when a %s returned newer %s, %v after; max processing time %v",
 			a.id, c.op(last), c.op(b), b.ID, time.Duration(cl.s-last.e).Round(time.Microsecond), c.opts.MaxProcessingTime))
 	}
 }
@@ -774,10 +878,199 @@ func (c *checker) checkCounts(pt *part, m *msg) {
 				top = byEnd[j]
 			}
 		}
-		if top != nil && d.DeliveryCount < top.DeliveryCount {
+		switch {
+		case top == nil || d.DeliveryCount > top.DeliveryCount:
+		case d.DeliveryCount < top.DeliveryCount:
 			c.add(DeliveryCount, pt.p, []string{m.id}, fmt.Sprintf("%s delivery count went down from %d in a %s to %d in a %s",
 				m.id, top.DeliveryCount, c.op(top), d.DeliveryCount, c.op(d)))
 			return
+		default:
+			c.add(DeliveryCount, pt.p, []string{m.id}, fmt.Sprintf("%s was delivered again with the same delivery count %d in a %s, after a %s",
+				m.id, d.DeliveryCount, c.op(d), c.op(top)))
+			return
 		}
 	}
+}
+
+// byTime orders events by start, then end.
+func byTime(a, b *rec) int { return cmp.Or(cmp.Compare(a.s, b.s), cmp.Compare(a.e, b.e)) }
+
+// units returns the units of order of partition pt: pt itself, or with
+// OrderByKey one unit per key, holding the key's messages and, of every
+// Read, the deliveries of the key.
+func (c *checker) units(pt *part) []*part {
+	if c.opts.Order != OrderByKey {
+		return []*part{pt}
+	}
+	byKey := make(map[string]*part)
+	var out []*part
+	unit := func(key string) *part {
+		u := byKey[key]
+		if u == nil {
+			u = &part{p: pt.p, key: key, msgs: make(map[streamID]*msg)}
+			byKey[key] = u
+			out = append(out, u)
+		}
+		return u
+	}
+	for _, m := range pt.order {
+		u := unit(m.key)
+		u.msgs[m.sid] = m
+		u.order = append(u.order, m)
+	}
+	for _, cl := range pt.calls {
+		sub := make(map[string]*call)
+		for _, d := range cl.dels {
+			key := pt.msgs[d.sid].key
+			k := sub[key]
+			if k == nil {
+				k = &call{consumer: cl.consumer, batch: cl.batch, s: cl.s, e: cl.e}
+				sub[key] = k
+				u := unit(key)
+				u.calls = append(u.calls, k)
+			}
+			k.dels = append(k.dels, d)
+		}
+	}
+	return out
+}
+
+// checkHandlerCalls: the handler calls of one owner (consumer and epoch) of
+// the unit run one at a time, and the owner moves on from a message only
+// after a call on it succeeded (a failing message holds back its unit).
+// Owners are separate: a consumer that lost a partition may still be
+// running a handler of it when the next owner starts.
+func (c *checker) checkHandlerCalls(pt *part) {
+	type owner struct {
+		consumer string
+		epoch    int64
+	}
+	byOwner := make(map[owner][]*rec)
+	var owners []owner
+	for _, m := range pt.order {
+		for _, h := range m.handled {
+			o := owner{h.Consumer, h.Epoch}
+			if _, ok := byOwner[o]; !ok {
+				owners = append(owners, o)
+			}
+			byOwner[o] = append(byOwner[o], h)
+		}
+	}
+	for _, o := range owners {
+		hs := byOwner[o]
+		slices.SortStableFunc(hs, byTime)
+		for k := 1; k < len(hs); k++ {
+			a, b := hs[k-1], hs[k]
+			if b.s+c.slack < a.e {
+				c.addIn(HandlerOrder, pt, []string{b.ID, a.ID}, fmt.Sprintf("a %s of %s started while a %s of %s of the same owner had not returned",
+					c.op(b), b.ID, c.op(a), a.ID))
+				break
+			}
+			if a.sid != b.sid && a.Outcome != AckOK {
+				c.addIn(HandlerOrder, pt, []string{a.ID, b.ID}, fmt.Sprintf("%s was handled in a %s after a %s of %s had failed, with no successful call on %s in between",
+					b.ID, c.op(b), c.op(a), a.ID, a.ID))
+				break
+			}
+		}
+	}
+}
+
+// checkStale: no Read under an older epoch of the partition returns (ends)
+// after a Read under a newer epoch returned messages of it: a consumer that
+// lost the lease (paused, or too slow) hands nothing to its application
+// once the next owner has delivered. The end of a Read is taken as the
+// instant its messages reached the application: it must be recorded right
+// after the call returns.
+func (c *checker) checkStale(pt *part) {
+	type epoch struct {
+		epoch          int64
+		minEnd, maxEnd *rec
+	}
+	byEpoch := make(map[int64]*epoch)
+	var epochs []*epoch
+	for _, m := range pt.order {
+		for _, d := range m.dels {
+			ep := byEpoch[d.Epoch]
+			if ep == nil {
+				ep = &epoch{epoch: d.Epoch, minEnd: d, maxEnd: d}
+				byEpoch[d.Epoch] = ep
+				epochs = append(epochs, ep)
+			}
+			if d.e < ep.minEnd.e {
+				ep.minEnd = d
+			}
+			if d.e > ep.maxEnd.e {
+				ep.maxEnd = d
+			}
+		}
+	}
+	slices.SortFunc(epochs, func(a, b *epoch) int { return cmp.Compare(a.epoch, b.epoch) })
+	var found []*Violation
+	var newer *rec // the delivery ending first among the newer epochs
+	for i := len(epochs) - 1; i >= 0; i-- {
+		ep := epochs[i]
+		if newer != nil && ep.maxEnd.e > newer.e+c.slack {
+			x := ep.maxEnd
+			found = append(found, &Violation{Invariant: StaleDelivery, Partition: pt.p, IDs: []string{x.ID, newer.ID},
+				Detail: fmt.Sprintf("a %s of %s returned %v after a %s of %s under newer epoch %d had returned",
+					c.op(x), x.ID, time.Duration(x.e-newer.e).Round(time.Microsecond), c.op(newer), newer.ID, newer.Epoch)})
+		}
+		if newer == nil || ep.minEnd.e < newer.e {
+			newer = ep.minEnd
+		}
+	}
+	slices.Reverse(found)
+	c.viol = append(c.viol, found...)
+}
+
+// checkDuplicates: every delivery of a message after its first is justified
+// with respect to its previous delivery (the logged one of the delivery
+// count just below; when that one is missing from the log, nothing can be
+// said): it is under a newer epoch (the partition changed hands), or at
+// least MaxProcessingTime after it (less the Redis clock margin and the
+// slack: the message came due), or after a nack, a read error or an ack of
+// unknown outcome of the partition by the consumer (the consumer claimed
+// its pending list again). Without MaxProcessingTime it checks nothing.
+func (c *checker) checkDuplicates(pt *part) {
+	if c.opts.MaxProcessingTime <= 0 {
+		return
+	}
+	gap := int64(c.opts.MaxProcessingTime-redisClockMargin) - c.slack
+	for _, m := range pt.order {
+		if len(m.dels) < 2 {
+			continue
+		}
+		for _, d := range m.dels {
+			if d.DeliveryCount < 2 {
+				continue
+			}
+			var prev []*rec
+			for _, p := range m.dels {
+				if p != d && p.DeliveryCount == d.DeliveryCount-1 && p.s < d.e+c.slack {
+					prev = append(prev, p)
+				}
+			}
+			if len(prev) == 0 {
+				continue
+			}
+			if slices.ContainsFunc(prev, func(p *rec) bool { return c.justified(pt, p, d, gap) }) {
+				continue
+			}
+			p := prev[len(prev)-1]
+			c.add(Duplicate, pt.p, []string{m.id}, fmt.Sprintf("%s was delivered again in a %s, %v after its previous delivery in a %s: "+
+				"not under a newer epoch, sooner than the max processing time %v, and with no nack, read error or ack of unknown outcome of partition %d by %q in between",
+				m.id, c.op(d), time.Duration(d.s-p.e).Round(time.Microsecond), c.op(p), c.opts.MaxProcessingTime, pt.p, d.Consumer))
+			break
+		}
+	}
+}
+
+// justified reports whether delivery d of a message may be justified with
+// respect to p, its previous delivery.
+func (c *checker) justified(pt *part, p, d *rec, gap int64) bool {
+	if d.Epoch > p.Epoch || d.e-p.s >= gap {
+		return true
+	}
+	between := func(f *rec) bool { return f.Consumer == d.Consumer && f.e+c.slack >= p.s && f.s <= d.e+c.slack }
+	return slices.ContainsFunc(pt.faults, between) || slices.ContainsFunc(c.global, between)
 }

@@ -21,6 +21,24 @@ func at(ms int) time.Time { return base.Add(time.Duration(ms) * time.Millisecond
 type logb struct {
 	evs   []Event
 	batch int64
+	keys  map[string]string // message ID -> key, when not keyOf(ID)
+}
+
+// withKey gives the messages ids the partition key key.
+func (b *logb) withKey(key string, ids ...string) {
+	if b.keys == nil {
+		b.keys = make(map[string]string)
+	}
+	for _, id := range ids {
+		b.keys[id] = key
+	}
+}
+
+func (b *logb) key(id string) string {
+	if k, ok := b.keys[id]; ok {
+		return k
+	}
+	return keyOf(id)
 }
 
 // dm is one delivered message: partition, ID, delivery count.
@@ -36,14 +54,14 @@ func keyOf(id string) string { return "k" + id }
 
 func (b *logb) sent(p int, ids ...string) {
 	for _, id := range ids {
-		b.evs = append(b.evs, Event{Kind: KindSent, Partition: p, Key: keyOf(id), ID: id, Start: base, End: base})
+		b.evs = append(b.evs, Event{Kind: KindSent, Partition: p, Key: b.key(id), ID: id, Start: base, End: base})
 	}
 }
 
 func (b *logb) read(consumer string, epoch int64, s, e int, msgs ...dm) {
 	b.batch++
 	for i, m := range msgs {
-		b.evs = append(b.evs, Event{Kind: KindDelivered, Consumer: consumer, Partition: m.p, Key: keyOf(m.id), ID: m.id,
+		b.evs = append(b.evs, Event{Kind: KindDelivered, Consumer: consumer, Partition: m.p, Key: b.key(m.id), ID: m.id,
 			Epoch: epoch, DeliveryCount: m.dc, Batch: b.batch, Index: i, Start: at(s), End: at(e)})
 	}
 }
@@ -51,7 +69,7 @@ func (b *logb) read(consumer string, epoch int64, s, e int, msgs ...dm) {
 func (b *logb) ack(consumer string, epoch int64, out AckOutcome, s, e, p int, ids ...string) {
 	b.batch++
 	for i, id := range ids {
-		b.evs = append(b.evs, Event{Kind: KindAcked, Consumer: consumer, Partition: p, Key: keyOf(id), ID: id,
+		b.evs = append(b.evs, Event{Kind: KindAcked, Consumer: consumer, Partition: p, Key: b.key(id), ID: id,
 			Epoch: epoch, DeliveryCount: 1, Outcome: out, Batch: b.batch, Index: i, Start: at(s), End: at(e)})
 	}
 }
@@ -60,9 +78,35 @@ func (b *logb) ack(consumer string, epoch int64, out AckOutcome, s, e, p int, id
 func (b *logb) ackStarted(consumer string, epoch int64, s, p int, ids ...string) {
 	b.batch++
 	for i, id := range ids {
-		b.evs = append(b.evs, Event{Kind: KindAckStarted, Consumer: consumer, Partition: p, Key: keyOf(id), ID: id,
+		b.evs = append(b.evs, Event{Kind: KindAckStarted, Consumer: consumer, Partition: p, Key: b.key(id), ID: id,
 			Epoch: epoch, Batch: b.batch, Index: i, Start: at(s), End: at(s)})
 	}
+}
+
+// nack logs a Nack call.
+func (b *logb) nack(consumer string, epoch int64, s, e, p int, ids ...string) {
+	b.batch++
+	for i, id := range ids {
+		b.evs = append(b.evs, Event{Kind: KindNacked, Consumer: consumer, Partition: p, Key: b.key(id), ID: id,
+			Epoch: epoch, DeliveryCount: 1, Batch: b.batch, Index: i, Start: at(s), End: at(e)})
+	}
+}
+
+// readErr logs a failed read of partition p (-1: of every partition).
+func (b *logb) readErr(consumer string, s, e, p int) {
+	b.batch++
+	b.evs = append(b.evs, Event{Kind: KindReadError, Consumer: consumer, Partition: p, Batch: b.batch, Err: "i/o timeout", Start: at(s), End: at(e)})
+}
+
+// handled logs a handler call on message id of partition p.
+func (b *logb) handled(consumer string, epoch int64, s, e, p int, id string, attempt int, ok bool) {
+	b.batch++
+	ev := Event{Kind: KindHandled, Consumer: consumer, Partition: p, Key: b.key(id), ID: id, Epoch: epoch, DeliveryCount: 1,
+		Attempt: attempt, Outcome: AckOK, Batch: b.batch, Start: at(s), End: at(e)}
+	if !ok {
+		ev.Outcome, ev.Err = AckError, "failed"
+	}
+	b.evs = append(b.evs, ev)
 }
 
 // violations returns the violations joined in err.
@@ -101,6 +145,8 @@ func TestCheck(t *testing.T) {
 	opts := Options{MaxProcessingTime: maxProc * time.Millisecond}
 	withAcks := opts
 	withAcks.RequireAllAcked = true
+	byKey := opts
+	byKey.Order = OrderByKey
 	allow := func(ids ...string) Options {
 		o := opts
 		o.AllowLoss = func(id string) bool { return slices.Contains(ids, id) }
@@ -444,9 +490,11 @@ func TestCheck(t *testing.T) {
 
 		// Single owner.
 		{
+			// A read that starts after a newer epoch's returned also
+			// returns after it.
 			name:    "single owner: old epoch reads after the new epoch",
 			opts:    opts,
-			want:    []Invariant{SingleOwner},
+			want:    []Invariant{SingleOwner, StaleDelivery},
 			mention: "under a newer epoch had returned",
 			build: func(b *logb) {
 				b.read("c2", 2, 50, 51, d(0, "1-0", 2))
@@ -478,7 +526,7 @@ func TestCheck(t *testing.T) {
 			name: "single owner near miss: overlapping operations",
 			opts: opts,
 			build: func(b *logb) {
-				b.read("c1", 1, 40, 60, d(0, "2-0", 1))
+				b.read("c1", 1, 40, 52, d(0, "2-0", 1))
 				b.read("c2", 2, 50, 55, d(0, "1-0", 2))
 			},
 		},
@@ -510,7 +558,7 @@ func TestCheck(t *testing.T) {
 			build: func(b *logb) {
 				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
 				b.ack("c1", 1, AckOK, 10, 11, 0, "1-0")
-				b.read("c1", 1, 20, 21, d(0, "1-0", 2))
+				b.read("c2", 2, 20, 21, d(0, "1-0", 2))
 			},
 		},
 		{
@@ -543,6 +591,16 @@ func TestCheck(t *testing.T) {
 			},
 		},
 		{
+			name:    "delivery count stays the same",
+			opts:    opts,
+			want:    []Invariant{DeliveryCount},
+			mention: "again with the same delivery count 1",
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.read("c2", 2, 600, 601, d(0, "1-0", 1))
+			},
+		},
+		{
 			name:    "delivery count goes down",
 			opts:    opts,
 			want:    []Invariant{DeliveryCount},
@@ -553,11 +611,383 @@ func TestCheck(t *testing.T) {
 			},
 		},
 		{
+			// Redis ran the second first: c1's under the old epoch, then
+			// c2's, within [5ms, 15ms].
 			name: "delivery count near miss: overlapping deliveries",
 			opts: opts,
 			build: func(b *logb) {
-				b.read("c1", 1, 0, 10, d(0, "1-0", 3))
-				b.read("c2", 2, 5, 15, d(0, "1-0", 2))
+				b.read("c2", 2, 0, 20, d(0, "1-0", 3))
+				b.read("c1", 1, 5, 15, d(0, "1-0", 2))
+			},
+		},
+
+		// Duplicate.
+		{
+			name:    "duplicate: redelivered at once under the same epoch",
+			opts:    opts,
+			want:    []Invariant{Duplicate},
+			mention: "1-0 was delivered again in a read (delivery count 2)",
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.read("c1", 1, 10, 11, d(0, "1-0", 2))
+			},
+		},
+		{
+			name: "duplicate near miss: under a newer epoch",
+			opts: opts,
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.read("c2", 2, 10, 11, d(0, "1-0", 2))
+			},
+		},
+		{
+			name: "duplicate near miss: within the slack of the max processing time",
+			opts: opts,
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.read("c1", 1, 497, 498, d(0, "1-0", 2))
+			},
+		},
+		{
+			name:    "duplicate: sooner than the max processing time",
+			opts:    opts,
+			want:    []Invariant{Duplicate},
+			mention: "sooner than the max processing time 500ms",
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.read("c1", 1, 480, 481, d(0, "1-0", 2))
+			},
+		},
+		{
+			name: "duplicate near miss: after a nack",
+			opts: opts,
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.nack("c1", 1, 5, 6, 0, "1-0")
+				b.read("c1", 1, 10, 11, d(0, "1-0", 2))
+			},
+		},
+		{
+			name: "duplicate near miss: a nack of another message of the partition",
+			opts: opts,
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1), d(0, "2-0", 1))
+				b.nack("c1", 1, 5, 6, 0, "2-0")
+				b.read("c1", 1, 10, 11, d(0, "1-0", 2), d(0, "2-0", 2))
+			},
+		},
+		{
+			name:    "duplicate: a nack before the previous delivery does not count",
+			opts:    opts,
+			want:    []Invariant{Duplicate},
+			mention: "read (delivery count 3)",
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.nack("c1", 1, 2, 3, 0, "1-0")
+				b.read("c1", 1, 10, 11, d(0, "1-0", 2))
+				b.read("c1", 1, 20, 21, d(0, "1-0", 3))
+			},
+		},
+		{
+			name:    "duplicate: a nack by another consumer does not count",
+			opts:    opts,
+			want:    []Invariant{Duplicate},
+			mention: "of partition 0 by \"c1\"",
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.nack("c2", 2, 5, 6, 0, "1-0")
+				b.read("c1", 1, 10, 11, d(0, "1-0", 2))
+			},
+		},
+		{
+			name:    "duplicate: a nack of another partition does not count",
+			opts:    opts,
+			want:    []Invariant{Duplicate},
+			mention: "1-0 was delivered again",
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1), d(1, "1-0", 1))
+				b.nack("c1", 1, 5, 6, 1, "1-0")
+				b.read("c1", 1, 10, 11, d(0, "1-0", 2))
+			},
+		},
+		{
+			name: "duplicate near miss: after a read error of the partition",
+			opts: opts,
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.readErr("c1", 5, 6, 0)
+				b.read("c1", 1, 10, 11, d(0, "1-0", 2))
+			},
+		},
+		{
+			name: "duplicate near miss: after a read error of every partition",
+			opts: opts,
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.readErr("c1", 5, 6, -1)
+				b.read("c1", 1, 10, 11, d(0, "1-0", 2))
+			},
+		},
+		{
+			name:    "duplicate: a read error of another partition does not count",
+			opts:    opts,
+			want:    []Invariant{Duplicate},
+			mention: "1-0 was delivered again",
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.readErr("c1", 5, 6, 1)
+				b.read("c1", 1, 10, 11, d(0, "1-0", 2))
+			},
+		},
+		{
+			name: "duplicate near miss: after an ack of unknown outcome",
+			opts: opts,
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.ack("c1", 1, AckError, 5, 6, 0, "1-0")
+				b.read("c1", 1, 10, 11, d(0, "1-0", 2))
+			},
+		},
+		{
+			name: "duplicate near miss: after an ack that never returned",
+			opts: opts,
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.ackStarted("c1", 1, 5, 0, "1-0")
+				b.read("c1", 1, 10, 11, d(0, "1-0", 2))
+			},
+		},
+		{
+			name:    "duplicate: a fenced ack does not count",
+			opts:    opts,
+			want:    []Invariant{Duplicate},
+			mention: "1-0 was delivered again",
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.ack("c1", 1, AckFenced, 5, 6, 0, "1-0")
+				b.read("c1", 1, 10, 11, d(0, "1-0", 2))
+			},
+		},
+		{
+			name: "duplicate near miss: the previous delivery is not in the log",
+			opts: opts,
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.read("c1", 1, 10, 11, d(0, "1-0", 3))
+			},
+		},
+		{
+			name: "duplicate near miss: disabled without MaxProcessingTime",
+			opts: Options{},
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.read("c1", 1, 10, 11, d(0, "1-0", 2))
+			},
+		},
+
+		// Stale delivery.
+		{
+			name:    "stale delivery: an old epoch's read returns after the new epoch's",
+			opts:    opts,
+			want:    []Invariant{StaleDelivery},
+			mention: "returned 40ms after a read (delivery count 1) by \"c2\" epoch 2",
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 100, d(0, "2-0", 1))
+				b.read("c2", 2, 50, 60, d(0, "1-0", 1))
+			},
+		},
+		{
+			name: "stale delivery near miss: the old epoch's read returns first",
+			opts: opts,
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 55, d(0, "2-0", 1))
+				b.read("c2", 2, 50, 60, d(0, "1-0", 1))
+			},
+		},
+		{
+			name: "stale delivery near miss: within the slack",
+			opts: Options{MaxProcessingTime: maxProc * time.Millisecond, Slack: 50 * time.Millisecond},
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 100, d(0, "2-0", 1))
+				b.read("c2", 2, 50, 60, d(0, "1-0", 1))
+			},
+		},
+		{
+			name: "stale delivery near miss: another partition",
+			opts: opts,
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 100, d(0, "2-0", 1))
+				b.read("c2", 2, 50, 60, d(1, "1-0", 1))
+			},
+		},
+		{
+			name: "stale delivery near miss: an old epoch's fenced ack returns late",
+			opts: opts,
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.read("c2", 2, 50, 60, d(0, "1-0", 2))
+				b.ack("c1", 1, AckFenced, 40, 100, 0, "1-0")
+			},
+		},
+
+		// Handler order.
+		{
+			name: "handler order: retried until it succeeds, then the next",
+			opts: withAcks,
+			build: func(b *logb) {
+				b.sent(0, "1-0", "2-0")
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1), d(0, "2-0", 1))
+				b.handled("c1", 1, 2, 3, 0, "1-0", 1, false)
+				b.handled("c1", 1, 10, 11, 0, "1-0", 2, true)
+				b.handled("c1", 1, 12, 13, 0, "2-0", 1, true)
+				b.ack("c1", 1, AckOK, 14, 15, 0, "1-0", "2-0")
+			},
+		},
+		{
+			name:    "handler order: moves on from a failed message",
+			opts:    opts,
+			want:    []Invariant{HandlerOrder},
+			mention: "2-0 was handled in a handler call (attempt 1, ok) by \"c1\" epoch 1 at [+10ms, +11ms] after a handler call (attempt 1, failed)",
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1), d(0, "2-0", 1))
+				b.handled("c1", 1, 2, 3, 0, "1-0", 1, false)
+				b.handled("c1", 1, 10, 11, 0, "2-0", 1, true)
+			},
+		},
+		{
+			name:    "handler order: overlapping calls of one owner",
+			opts:    opts,
+			want:    []Invariant{HandlerOrder},
+			mention: "started while a handler call (attempt 1, ok) by \"c1\" epoch 1 at [+2ms, +10ms] of 1-0",
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1), d(0, "2-0", 1))
+				b.handled("c1", 1, 2, 10, 0, "1-0", 1, true)
+				b.handled("c1", 1, 5, 12, 0, "2-0", 1, true)
+			},
+		},
+		{
+			name:    "handler order: first handled out of stream order",
+			opts:    opts,
+			want:    []Invariant{HandlerOrder},
+			mention: "1-0 was first handled in a handler call",
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1), d(0, "2-0", 1))
+				b.handled("c1", 1, 2, 3, 0, "2-0", 1, true)
+				b.handled("c1", 1, 5, 6, 0, "1-0", 1, true)
+			},
+		},
+		{
+			name: "handler order near miss: the old owner's call still runs",
+			opts: opts,
+			build: func(b *logb) {
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1), d(0, "2-0", 1))
+				b.handled("c1", 1, 2, 100, 0, "1-0", 1, true)
+				b.read("c2", 2, 50, 51, d(0, "1-0", 2), d(0, "2-0", 2))
+				b.handled("c2", 2, 52, 53, 0, "1-0", 1, true)
+				b.handled("c2", 2, 54, 55, 0, "2-0", 1, true)
+			},
+		},
+		{
+			name: "handler order near miss: a redelivered message handled again after newer ones",
+			opts: withAcks,
+			build: func(b *logb) {
+				b.sent(0, "1-0", "2-0")
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1), d(0, "2-0", 1))
+				b.handled("c1", 1, 2, 3, 0, "1-0", 1, true)
+				b.ack("c1", 1, AckError, 4, 5, 0, "1-0")
+				b.handled("c1", 1, 6, 7, 0, "2-0", 1, true)
+				b.ack("c1", 1, AckOK, 8, 9, 0, "2-0")
+				b.read("c1", 1, 600, 601, d(0, "1-0", 2))
+				b.handled("c1", 1, 602, 603, 0, "1-0", 1, true)
+				b.ack("c1", 1, AckOK, 604, 605, 0, "1-0")
+			},
+		},
+
+		// Per-key order.
+		{
+			name: "per key: keys of a partition are independent",
+			opts: byKey,
+			build: func(b *logb) {
+				perKeyLog(b)
+			},
+		},
+		{
+			name:    "per key: the same log breaks partition order",
+			opts:    opts,
+			want:    []Invariant{HandlerOrder},
+			mention: "started while",
+			build: func(b *logb) {
+				perKeyLog(b)
+			},
+		},
+		{
+			name:    "per key: a key's message handled before an older one of the key",
+			opts:    byKey,
+			want:    []Invariant{HandlerOrder},
+			mention: "handler-order: partition 0 key \"A\": 1-0 was first handled",
+			build: func(b *logb) {
+				b.withKey("A", "1-0", "3-0")
+				b.withKey("B", "2-0")
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1), d(0, "2-0", 1), d(0, "3-0", 1))
+				b.handled("c1", 1, 2, 3, 0, "3-0", 1, true)
+				b.handled("c1", 1, 2, 3, 0, "2-0", 1, true)
+				b.handled("c1", 1, 5, 6, 0, "1-0", 1, true)
+			},
+		},
+		{
+			name:    "per key: a key moves on from a failed message",
+			opts:    byKey,
+			want:    []Invariant{HandlerOrder},
+			mention: "3-0 was handled in a handler call (attempt 1, ok)",
+			build: func(b *logb) {
+				b.withKey("A", "1-0", "3-0")
+				b.withKey("B", "2-0")
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1), d(0, "2-0", 1), d(0, "3-0", 1))
+				b.handled("c1", 1, 2, 3, 0, "1-0", 1, false)
+				b.handled("c1", 1, 2, 3, 0, "2-0", 1, true)
+				b.handled("c1", 1, 5, 6, 0, "3-0", 1, true)
+			},
+		},
+		{
+			name: "per key near miss: newer message of another key first delivered",
+			opts: byKey,
+			build: func(b *logb) {
+				b.withKey("A", "1-0")
+				b.withKey("B", "2-0")
+				b.read("c1", 1, 0, 1, d(0, "2-0", 1))
+				b.read("c1", 1, 5, 6, d(0, "1-0", 1))
+			},
+		},
+		{
+			name:    "per key: newer message of the key first delivered",
+			opts:    byKey,
+			want:    []Invariant{Order},
+			mention: "order: partition 0 key \"A\": 1-0 was first delivered",
+			build: func(b *logb) {
+				b.withKey("A", "1-0", "2-0")
+				b.read("c1", 1, 0, 1, d(0, "2-0", 1))
+				b.read("c1", 1, 5, 6, d(0, "1-0", 1))
+			},
+		},
+		{
+			name: "per key near miss: another key's message is due",
+			opts: byKey,
+			build: func(b *logb) {
+				b.withKey("A", "1-0")
+				b.withKey("B", "2-0")
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.read("c1", 1, 600, 601, d(0, "2-0", 1))
+			},
+		},
+		{
+			name:    "per key: the key's older message is due",
+			opts:    byKey,
+			want:    []Invariant{Due},
+			mention: "due: partition 0 key \"A\": 1-0 was due for redelivery",
+			build: func(b *logb) {
+				b.withKey("A", "1-0", "2-0")
+				b.read("c1", 1, 0, 1, d(0, "1-0", 1))
+				b.read("c1", 1, 600, 601, d(0, "2-0", 1))
 			},
 		},
 
@@ -578,6 +1008,25 @@ func TestCheck(t *testing.T) {
 			mention: "ends 5ms before it starts",
 			build: func(b *logb) {
 				b.read("c1", 1, 10, 5, d(0, "1-0", 1))
+			},
+		},
+		{
+			name:    "malformed: handler call without outcome",
+			opts:    opts,
+			want:    []Invariant{Malformed},
+			mention: "handler call without outcome",
+			build: func(b *logb) {
+				b.handled("c1", 1, 2, 3, 0, "1-0", 1, true)
+				b.evs[len(b.evs)-1].Outcome = AckFenced
+			},
+		},
+		{
+			name:    "malformed: read error of partition -2",
+			opts:    opts,
+			want:    []Invariant{Malformed},
+			mention: "negative partition",
+			build: func(b *logb) {
+				b.readErr("c1", 2, 3, -2)
 			},
 		},
 		{
@@ -624,6 +1073,21 @@ func TestCheck(t *testing.T) {
 			}
 		})
 	}
+}
+
+// perKeyLog is a partition whose keys A and B are handled concurrently:
+// A's first message fails once while B's flows.
+func perKeyLog(b *logb) {
+	b.withKey("A", "1-0", "3-0")
+	b.withKey("B", "2-0", "4-0")
+	b.sent(0, "1-0", "2-0", "3-0", "4-0")
+	b.read("c1", 1, 0, 1, d(0, "1-0", 1), d(0, "2-0", 1), d(0, "3-0", 1), d(0, "4-0", 1))
+	b.handled("c1", 1, 2, 3, 0, "1-0", 1, false)
+	b.handled("c1", 1, 2, 4, 0, "2-0", 1, true)
+	b.handled("c1", 1, 5, 6, 0, "4-0", 1, true)
+	b.handled("c1", 1, 10, 11, 0, "1-0", 2, true)
+	b.handled("c1", 1, 12, 13, 0, "3-0", 1, true)
+	b.ack("c1", 1, AckOK, 14, 15, 0, "1-0", "2-0", "3-0", "4-0")
 }
 
 func TestCheckNamesTheParties(t *testing.T) {
@@ -1030,5 +1494,84 @@ func BenchmarkCheck(b *testing.B) {
 		if err := Check(evs, opts); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// The events of Run (handler calls) and of the calls that make a consumer
+// deliver its pending messages again at once (Nack, a failed read) are
+// recorded, survive a JSON round trip, and justify what follows them.
+func TestRecorderHandlerNackAndReadError(t *testing.T) {
+	r := NewRecorder()
+	for _, id := range []string{"1-0", "2-0"} {
+		r.Sent(id, 0, keyOf(id))
+	}
+	batch := msgs(0, 1, "1-0", "2-0")
+	s, e := timed(func() {})
+	r.Delivered("c", batch, s, e)
+	s, e = timed(func() {})
+	r.Handled("c", batch[0], 1, errors.New("boom"), s, e)
+	s, e = timed(func() {})
+	r.Handled("c", batch[0], 2, nil, s, e)
+	s, e = timed(func() {})
+	r.Nacked("c", batch[1:], s, e)
+	s, e = timed(func() {})
+	r.ReadError("c", -1, errors.New("i/o timeout"), s, e)
+	again := msgs(0, 1, "2-0")
+	again[0].DeliveryCount = 2
+	s, e = timed(func() {})
+	r.Delivered("c", again, s, e) // at once, after the nack
+	s, e = timed(func() {})
+	r.Handled("c", again[0], 1, nil, s, e)
+	r.BeginAck("c", append(batch[:1:1], again...)).Done(AckOK)
+
+	evs := r.Events()
+	var kinds []Kind
+	for _, ev := range evs {
+		kinds = append(kinds, ev.Kind)
+	}
+	want := []Kind{KindSent, KindSent, KindDelivered, KindDelivered, KindHandled, KindHandled, KindNacked, KindReadError,
+		KindDelivered, KindHandled, KindAckStarted, KindAckStarted, KindAcked, KindAcked}
+	if !slices.Equal(kinds, want) {
+		t.Fatalf("kinds %v, want %v", kinds, want)
+	}
+	if h := evs[4]; h.Attempt != 1 || h.Outcome != AckError || h.Err != "boom" || h.ID != "1-0" || h.Epoch != 1 {
+		t.Errorf("failed handler call: %+v", h)
+	}
+	if h := evs[5]; h.Attempt != 2 || h.Outcome != AckOK || h.Err != "" {
+		t.Errorf("handler call: %+v", h)
+	}
+	if x := evs[7]; x.Partition != -1 || x.ID != "" || x.Err != "i/o timeout" || x.Batch == 0 {
+		t.Errorf("read error: %+v", x)
+	}
+	var buf bytes.Buffer
+	if err := r.WriteJSON(&buf); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{`"kind":"handled"`, `"kind":"nacked"`, `"kind":"read-error"`, `"attempt":2`, `"err":"boom"`} {
+		if !strings.Contains(buf.String(), s) {
+			t.Errorf("JSON lacks %s:\n%s", s, buf.String())
+		}
+	}
+	got, err := ReadJSON(&buf)
+	if err != nil || len(got) != len(evs) {
+		t.Fatalf("read back %d events, %v", len(got), err)
+	}
+	opts := Options{MaxProcessingTime: time.Hour, RequireAllAcked: true}
+	for name, log := range map[string][]Event{"recorded": evs, "read back": got} {
+		if err := Check(log, opts); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	// Without the nack and the read error, the redelivery is a duplicate.
+	bare := slices.DeleteFunc(slices.Clone(evs), func(ev Event) bool { return ev.Kind == KindNacked || ev.Kind == KindReadError })
+	if got := invariantsOf(Check(bare, opts)); !slices.Equal(got, []Invariant{Duplicate}) {
+		t.Errorf("without the nack and read error: violated %v, want duplicate", got)
+	}
+	sum := r.Summary()
+	if sum.Nacked != 1 || sum.ReadErrors != 1 || sum.HandlerCalls != 3 || sum.HandlerFailures != 1 || sum.Acked != 2 {
+		t.Errorf("summary: %+v", sum)
+	}
+	if str := sum.String(); !strings.Contains(str, "1 nacked; 1 read errors") || !strings.Contains(str, "3 handler calls, 1 failed") {
+		t.Errorf("summary: %s", str)
 	}
 }

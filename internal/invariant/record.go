@@ -30,9 +30,24 @@ const (
 	KindAckStarted
 	// KindAcked is a message passed to one Ack call, with the call's outcome.
 	KindAcked
+	// KindNacked is a message passed to one Nack call: the consumer hands
+	// it back, to be delivered again at once.
+	KindNacked
+	// KindReadError is a Read (or a fetch of Run) that returned an error
+	// other than ErrClosed, for Partition, or for every partition of the
+	// consumer when Partition is -1; it has no message (ID is empty) and
+	// Err holds the error. A failed read may have delivered messages in
+	// Redis that the application never saw: the consumer claims the
+	// partition's pending list again, and delivers its messages at once.
+	KindReadError
+	// KindHandled is one call of a Run handler on a message: Start and End
+	// are the call's, Attempt counts the calls for this delivery of the
+	// message (from 1), Outcome is AckOK when the handler returned nil and
+	// AckError when it failed (Err holds the error).
+	KindHandled
 )
 
-var kindNames = [...]string{"", "sent", "delivered", "ack-started", "acked"}
+var kindNames = [...]string{"", "sent", "delivered", "ack-started", "acked", "nacked", "read-error", "handled"}
 
 // String returns the kind's name, as used in JSON.
 func (k Kind) String() string {
@@ -122,8 +137,14 @@ type Event struct {
 	Epoch int64 `json:"epoch,omitempty"`
 	// DeliveryCount is the message's delivery count as delivered.
 	DeliveryCount uint32 `json:"delivery_count,omitempty"`
-	// Outcome is the ack's outcome (acks only).
+	// Outcome is the ack's outcome (acks), or the handler's (handler calls:
+	// AckOK or AckError).
 	Outcome AckOutcome `json:"outcome,omitempty"`
+	// Attempt is the attempt number of a handler call (KindHandled).
+	Attempt int `json:"attempt,omitempty"`
+	// Err is the error of a read error or of a failed handler call, for
+	// the reader of a log.
+	Err string `json:"err,omitempty"`
 	// Batch identifies the Read or Ack call, unique per recorder; with
 	// Consumer it identifies the call in a log merged from several
 	// processes.
@@ -245,6 +266,43 @@ func (r *Recorder) record(k Kind, consumer string, msgs []*contracts.CMessage, o
 		evs = append(evs, ev)
 	}
 	r.appendLocked(evs...)
+}
+
+// Nacked records one Nack call of consumer for msgs; start is the time just
+// before the call, end just after.
+func (r *Recorder) Nacked(consumer string, msgs []*contracts.CMessage, start, end time.Time) {
+	r.record(KindNacked, consumer, msgs, 0, start, end)
+}
+
+// ReadError records that a Read of consumer (or a fetch of its Run),
+// running from start to end, failed with err for partition, or for every
+// partition of the consumer when partition is -1. Do not record ErrClosed.
+func (r *Recorder) ReadError(consumer string, partition int, err error, start, end time.Time) {
+	ev := Event{Kind: KindReadError, Consumer: consumer, Partition: partition, Start: start, End: end}
+	if err != nil {
+		ev.Err = err.Error()
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ev.Batch = r.nextBatchLocked()
+	r.appendLocked(ev)
+}
+
+// Handled records one call of a Run handler of consumer on m, its attempt
+// number and the error it returned (nil: success); start and end are the
+// call's.
+func (r *Recorder) Handled(consumer string, m *contracts.CMessage, attempt int, err error, start, end time.Time) {
+	if m == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ev := msgEvent(KindHandled, consumer, m, r.nextBatchLocked(), 0, start, end)
+	ev.Attempt, ev.Outcome = attempt, AckOK
+	if err != nil {
+		ev.Outcome, ev.Err = AckError, err.Error()
+	}
+	r.appendLocked(ev)
 }
 
 // PendingAck is an Ack call recorded by BeginAck whose outcome is not known

@@ -27,6 +27,10 @@ type Summary struct {
 	Acked            int // distinct messages acked successfully
 	AckFenced        int // messages of fenced acks
 	AckUnknown       int // messages of acks of unknown outcome, unfinished ones included
+	Nacked           int // messages of nacks
+	ReadErrors       int // failed reads
+	HandlerCalls     int // calls of Run handlers
+	HandlerFailures  int // of which failed
 	Consumers        []string
 	Partitions       []PartitionSummary
 }
@@ -48,9 +52,21 @@ type EpochSummary struct {
 // Summarize counts what events hold.
 func Summarize(events []Event) Summary {
 	c := newChecker(events, Options{})
-	s := Summary{Events: len(events), Malformed: c.malformed}
+	s := Summary{Events: len(events), Malformed: c.malformed, ReadErrors: len(c.global)}
 	consumers := make(map[string]bool)
+	for _, r := range c.global {
+		consumers[r.Consumer] = true
+	}
 	for _, pt := range c.parts {
+		for _, f := range pt.faults {
+			consumers[f.Consumer] = true
+			switch f.Kind {
+			case KindNacked:
+				s.Nacked++
+			case KindReadError:
+				s.ReadErrors++
+			}
+		}
 		ps := PartitionSummary{Partition: pt.p}
 		epochs := make(map[int64]*EpochSummary)
 		epoch := func(r *rec) *EpochSummary {
@@ -106,6 +122,13 @@ func Summarize(events []Event) Summary {
 			if acked {
 				s.Acked++
 			}
+			for _, h := range m.handled {
+				consumers[h.Consumer] = true
+				s.HandlerCalls++
+				if h.Outcome != AckOK {
+					s.HandlerFailures++
+				}
+			}
 		}
 		for _, e := range epochs {
 			slices.Sort(e.Consumers)
@@ -126,7 +149,10 @@ func (s Summary) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d events (%d malformed): %d messages sent, %d delivered; %d deliveries, %d redeliveries (%d after an ownership change, %d after a timeout), %d messages first seen redelivered\n",
 		s.Events, s.Malformed, s.Sent, s.Messages, s.Delivered, s.Redelivered, s.RedeliveredAfterHandover, s.RedeliveredAfterTimeout, s.FirstRedelivered)
-	fmt.Fprintf(&b, "%d messages acked; %d fenced and %d unknown ack outcomes\n", s.Acked, s.AckFenced, s.AckUnknown)
+	fmt.Fprintf(&b, "%d messages acked; %d fenced and %d unknown ack outcomes; %d nacked; %d read errors\n", s.Acked, s.AckFenced, s.AckUnknown, s.Nacked, s.ReadErrors)
+	if s.HandlerCalls > 0 {
+		fmt.Fprintf(&b, "%d handler calls, %d failed\n", s.HandlerCalls, s.HandlerFailures)
+	}
 	fmt.Fprintf(&b, "%d consumers: %s", len(s.Consumers), strings.Join(s.Consumers, ", "))
 	for _, p := range s.Partitions {
 		fmt.Fprintf(&b, "\npartition %d: %d messages delivered; epochs:", p.Partition, p.Messages)

@@ -11,24 +11,45 @@ import (
 
 	"github.com/segmenter/segmenter"
 	"github.com/segmenter/segmenter/contracts"
+	"github.com/segmenter/segmenter/internal/invariant"
 )
 
 // DESIGN invariant 6: "a consumer that shuts down hands them over at once
 // (well under a second on loopback)". With the Config defaults, consumer A
 // shuts down just after consumer B heartbeated; B must hold A's partitions
-// well under a second later (read here as: within half a second).
+// well under a second later (read here as: within half a second). A and B
+// read and ack what comes before; a message waits in each partition when A
+// leaves, and B delivers them: the log keeps every invariant.
 func TestGracefulHandoverWithDefaultsIsWellUnderASecond(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	const P = 8
-	e.stream("handover", P)
+	const maxProc = 30 * time.Second
+	st := e.stream("handover", P)
+	rec, sendRec := invariant.NewRecorder(), invariant.NewRecorder()
+	send := func(n int) {
+		t.Helper()
+		var batch []*contracts.PMessage
+		for p := range P {
+			for i := range n {
+				batch = append(batch, &contracts.PMessage{PartitionKey: keyFor(t, st, p, i), Data: []byte("m")})
+			}
+		}
+		ids, err := st.SendBatch(ctx, batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, m := range batch {
+			sendRec.Sent(ids[i], st.PartitionOf(m.PartitionKey), m.PartitionKey)
+		}
+	}
 	segA := e.newSegmenter(segmenter.Config{}) // every timing at its default
 	segB := e.newSegmenter(segmenter.Config{})
-	b, err := segB.RegisterConsumer(ctx, "handover", "g", 10, 30*time.Second, segmenter.WithConsumerName("B"))
+	b, err := segB.RegisterConsumer(ctx, "handover", "g", 10, maxProc, segmenter.WithConsumerName("B"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := segA.RegisterConsumer(ctx, "handover", "g", 10, 30*time.Second, segmenter.WithConsumerName("A"))
+	a, err := segA.RegisterConsumer(ctx, "handover", "g", 10, maxProc, segmenter.WithConsumerName("A"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,6 +59,14 @@ func TestGracefulHandoverWithDefaultsIsWellUnderASecond(t *testing.T) {
 		return balanced(owners, []string{"A", "B"}) && len(a.Assignment()) == P/2 && len(b.Assignment()) == P/2
 	}, "A and B never shared the partitions")
 	held := ownedBy(owners, "A")
+	readA, readB := startReader(t, rec, a), startReader(t, rec, b)
+	send(3)
+	e.waitAllAcked(st, "g")
+	// A has nothing in flight; messages wait for it when it leaves.
+	if err := readA.halt(); err != nil {
+		t.Fatal(err)
+	}
+	send(1)
 
 	// Just after a heartbeat of B (its session expiry moves in Redis).
 	members := e.keys.Members("handover", "g")
@@ -62,6 +91,15 @@ func TestGracefulHandoverWithDefaultsIsWellUnderASecond(t *testing.T) {
 	t.Logf("A's Shutdown returned after %v; B held A's partitions %v after the call", shutdown, took)
 	if took > 500*time.Millisecond {
 		t.Errorf("graceful hand-over took %v with the default Config (HeartbeatInterval 1s): the remaining consumer learns of the new assignment only from its next heartbeat, so a hand-over takes up to a heartbeat interval, not \"well under a second\"", took)
+	}
+	e.waitAllAcked(st, "g")
+	if err := readB.halt(); err != nil {
+		t.Fatal(err)
+	}
+	evs := append(sendRec.Events(), rec.Events()...)
+	t.Logf("invariant log:\n%v", invariant.Summarize(evs))
+	if err := invariant.Check(evs, invariant.Options{MaxProcessingTime: maxProc, RequireAllAcked: true}); err != nil {
+		t.Errorf("invariants violated:\n%v", err)
 	}
 }
 
@@ -91,9 +129,13 @@ func TestReadWakesWhenItGainsAPartition(t *testing.T) {
 		return balanced(owners, []string{"A", "B"}) && len(b.Assignment()) == 1
 	}, "A and B never shared the partitions")
 	pa := ownedBy(owners, "A")[0]
-	if _, err := st.Send(ctx, &contracts.PMessage{PartitionKey: keyFor(t, st, pa, 0), Data: []byte("waiting")}); err != nil {
+	rec, sendRec := invariant.NewRecorder(), invariant.NewRecorder()
+	key := keyFor(t, st, pa, 0)
+	id, err := st.Send(ctx, &contracts.PMessage{PartitionKey: key, Data: []byte("waiting")})
+	if err != nil {
 		t.Fatal(err)
 	}
+	sendRec.Sent(id, pa, key)
 
 	type result struct {
 		msgs []*contracts.CMessage
@@ -102,7 +144,7 @@ func TestReadWakesWhenItGainsAPartition(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		msgs, err := b.Read(ctx, 2*block)
+		msgs, err := recordedRead(ctx, rec, b, 2*block)
 		done <- result{msgs, err, time.Now()}
 	}()
 	// B's Read is blocked in Redis (XREAD BLOCK on its empty partition).
@@ -126,8 +168,12 @@ func TestReadWakesWhenItGainsAPartition(t *testing.T) {
 	if r.err != nil || len(r.msgs) != 1 || int(r.msgs[0].Partition) != pa {
 		t.Fatalf("B's Read returned %v, %v; want the message waiting in partition %d", r.msgs, r.err, pa)
 	}
-	if err := b.Ack(ctx, r.msgs...); err != nil {
+	if err := recordedAck(ctx, rec, b, r.msgs); err != nil {
 		t.Fatal(err)
+	}
+	evs := append(sendRec.Events(), rec.Events()...)
+	if err := invariant.Check(evs, invariant.Options{MaxProcessingTime: 30 * time.Second, RequireAllAcked: true}); err != nil {
+		t.Errorf("invariants violated:\n%v", err)
 	}
 	shutdownStart := time.Now()
 	if err := b.Shutdown(ctx); err != nil {

@@ -62,7 +62,10 @@ type env struct {
 // names a server) and returns the test's environment.
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	return newEnvOn(t, redistest.Server(t))
+	info := redistest.Server(t)
+	line := fmt.Sprintf("e2e: redis backend %s (%s) at %s", info.Backend, info.Detail, info.Addr)
+	sharedBackend.CompareAndSwap(nil, &line)
+	return newEnvOn(t, info)
 }
 
 // newEnvOn is newEnv on the server info (a Standalone one).
@@ -504,10 +507,19 @@ func (e *env) addRecorder(stream, group string, r *invariant.Recorder) {
 // requiring every message acked, and returns the log.
 func (e *env) check(stream, group string, maxProc time.Duration, producers ...*producer) []invariant.Event {
 	e.t.Helper()
+	return e.checkWith(stream, group, invariant.Options{MaxProcessingTime: maxProc}, producers...)
+}
+
+// checkWith is check with the checker's options opts (the consumers'
+// MaxProcessingTime, the order mode); it requires every message acked and
+// sets the clock slack.
+func (e *env) checkWith(stream, group string, opts invariant.Options, producers ...*producer) []invariant.Event {
+	e.t.Helper()
 	evs := e.events(stream, group, producers...)
 	sum := invariant.Summarize(evs)
 	e.t.Logf("invariant log of stream %s group %s:\n%v", stream, group, sum)
-	err := invariant.Check(evs, invariant.Options{MaxProcessingTime: maxProc, RequireAllAcked: true, Slack: clockSlack})
+	opts.RequireAllAcked, opts.Slack = true, clockSlack
+	err := invariant.Check(evs, opts)
 	if err != nil {
 		e.keepLog(stream, group, evs)
 		e.t.Fatalf("stream %s group %s: invariants violated:\n%v", stream, group, err)
@@ -528,4 +540,96 @@ func (e *env) check(stream, group string, maxProc time.Duration, producers ...*p
 		e.t.Fatalf("stream %s group %s: the log has %d sent and %d delivered, the producers sent %d", stream, group, sum.Sent, sum.Messages, sent)
 	}
 	return evs
+}
+
+// ---- in-process consumers, recorded
+
+// recordedRead is one Read of c, recorded in rec: its messages, or its
+// error (except ErrClosed and the end of ctx).
+func recordedRead(ctx context.Context, rec *invariant.Recorder, c *segmenter.Consumer, maxWait time.Duration) ([]*contracts.CMessage, error) {
+	start := time.Now()
+	msgs, err := c.Read(ctx, maxWait)
+	end := time.Now()
+	rec.Delivered(c.ID(), msgs, start, end)
+	if err != nil && !errors.Is(err, segmenter.ErrClosed) && ctx.Err() == nil {
+		p := -1
+		var pe *segmenter.PartitionError
+		if errors.As(err, &pe) {
+			p = pe.Partition
+		}
+		rec.ReadError(c.ID(), p, err, start, end)
+	}
+	return msgs, err
+}
+
+// recordedAck acks msgs with c one partition (and epoch) at a time, so that
+// each call has one outcome, records each call in rec, and returns the
+// errors joined.
+func recordedAck(ctx context.Context, rec *invariant.Recorder, c *segmenter.Consumer, msgs []*contracts.CMessage) error {
+	type pe struct {
+		p     uint32
+		epoch int64
+	}
+	groups := make(map[pe][]*contracts.CMessage)
+	var order []pe
+	for _, m := range msgs {
+		k := pe{m.Partition, m.Epoch}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], m)
+	}
+	var errs []error
+	for _, k := range order {
+		start := time.Now()
+		err := c.Ack(ctx, groups[k]...)
+		rec.Acked(c.ID(), groups[k], outcome(err), start, time.Now())
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// reader reads and acks with an in-process consumer until halted,
+// recording what it does.
+type reader struct {
+	c      *segmenter.Consumer
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+	err    error
+}
+
+// startReader starts reading with c into rec; it is halted when the test
+// ends at the latest.
+func startReader(t *testing.T, rec *invariant.Recorder, c *segmenter.Consumer) *reader {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &reader{c: c, cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		for {
+			msgs, err := recordedRead(ctx, rec, c, 100*time.Millisecond)
+			if len(msgs) > 0 {
+				_ = recordedAck(context.Background(), rec, c, msgs) // a failed ack is redelivered
+			}
+			switch {
+			case ctx.Err() != nil || errors.Is(err, segmenter.ErrClosed):
+				r.done <- nil
+				return
+			case err != nil && !errors.Is(err, segmenter.ErrFenced):
+				r.done <- fmt.Errorf("consumer %s: read: %w", c.ID(), err)
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { _ = r.halt() })
+	return r
+}
+
+// halt stops the reader and returns the error that stopped it earlier, if
+// any.
+func (r *reader) halt() error {
+	r.once.Do(func() {
+		r.cancel()
+		r.err = <-r.done
+	})
+	return r.err
 }

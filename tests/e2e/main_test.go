@@ -8,10 +8,12 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/segmenter/segmenter/internal/redistest"
@@ -24,8 +26,18 @@ func TestMain(m *testing.M) {
 	if workerDir != "" {
 		_ = os.RemoveAll(workerDir)
 	}
+	// Which Redis served the tests, as the last line before go test's
+	// verdict. go test shows it only for a failed package or with -v: in
+	// package list mode (go test ./..., or any package argument) it drops
+	// the whole output of a passing package, TestMain's included.
+	if b := sharedBackend.Load(); b != nil {
+		fmt.Println(*b)
+	}
 	os.Exit(code)
 }
+
+// sharedBackend describes the shared Redis server, once a test used it.
+var sharedBackend atomic.Pointer[string]
 
 var (
 	buildOnce sync.Once

@@ -34,7 +34,9 @@ func TestMeasurements(t *testing.T) {
 
 // measureGracefulHandover: two in-process consumers with the Config defaults
 // share 8 partitions; a message waits in each partition of A; A calls
-// Shutdown. Measured: from the call to B's first read of a partition A held.
+// Shutdown. Measured: from the call to B's first read of a partition A held,
+// and to the moment B had read every partition A held (the latest of B's
+// first reads of them).
 func measureGracefulHandover(e *env) []string {
 	t := e.t
 	ctx := context.Background()
@@ -103,7 +105,7 @@ func measureGracefulHandover(e *env) []string {
 	}
 	defer stopB()
 
-	var handovers, shutdowns []time.Duration
+	var handovers, alls, shutdowns []time.Duration
 	for rep := range reps {
 		name := fmt.Sprintf("A%d", rep)
 		a, err := segA.RegisterConsumer(ctx, "handover", "g", 100, 30*time.Second, segmenter.WithConsumerName(name))
@@ -133,7 +135,7 @@ func measureGracefulHandover(e *env) []string {
 			t.Fatalf("Shutdown: %v", err)
 		}
 		shutdowns = append(shutdowns, time.Since(start))
-		var firstAt time.Time
+		var firstAt, lastAt time.Time
 		poll(t, hang, 5*time.Millisecond, func() bool {
 			mu.Lock()
 			defer mu.Unlock()
@@ -144,11 +146,15 @@ func measureGracefulHandover(e *env) []string {
 					if firstAt.IsZero() || at.Before(firstAt) {
 						firstAt = at
 					}
+					if at.After(lastAt) {
+						lastAt = at
+					}
 				}
 			}
 			return n == len(held)
 		}, "B never read A's partitions")
 		handovers = append(handovers, firstAt.Sub(start))
+		alls = append(alls, lastAt.Sub(start))
 	}
 	e.waitAllAcked(st, "g")
 	if err := stopB(); err != nil {
@@ -156,8 +162,8 @@ func measureGracefulHandover(e *env) []string {
 	}
 	e.check("handover", "g", 30*time.Second, &producer{st: st, rec: sendRec})
 	return []string{
-		fmt.Sprintf("graceful hand-over (defaults: heartbeat 1s, session 10s, block 500ms; 2 consumers, 8 partitions; %d runs): Shutdown -> first read by B: %s; Shutdown returned after %s",
-			reps, durations(handovers), durations(shutdowns)),
+		fmt.Sprintf("graceful hand-over (defaults: heartbeat 1s, session 10s, block 500ms; 2 consumers, 8 partitions; %d runs): Shutdown -> first read by B: %s; Shutdown -> all %d of A's partitions read by B: %s; Shutdown returned after %s",
+			reps, durations(handovers), P/2, durations(alls), durations(shutdowns)),
 	}
 }
 

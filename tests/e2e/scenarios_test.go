@@ -14,7 +14,9 @@ import (
 )
 
 // Consumers join one, then two, then four, while a producer sends: after
-// each join every consumer owns 16/M partitions, and per-key order holds.
+// each join every consumer owns 16/M partitions, the partitions a consumer
+// keeps keep their lease (same epoch, never revoked: only moved partitions
+// pause), and per-key order holds.
 func TestJoinOneTwoFour(t *testing.T) {
 	e := newEnv(t)
 	const P = 16
@@ -25,13 +27,17 @@ func TestJoinOneTwoFour(t *testing.T) {
 	t.Logf("1 consumer: balanced %v after start", e.waitBalanced(st.Name(), P, w1))
 	prod.waitSent(t, 500)
 
+	before := e.leases(st.Name(), defaultGroup, P)
 	w2 := e.startWorker(workerOpts{name: "w2"})
 	t.Logf("2 consumers: balanced %v after the join", e.waitBalanced(st.Name(), P, w1, w2))
+	e.checkKept(st.Name(), before, e.leases(st.Name(), defaultGroup, P), w1)
 	prod.waitSent(t, int(prod.sent.Load())+500)
 
+	before = e.leases(st.Name(), defaultGroup, P)
 	w3 := e.startWorker(workerOpts{name: "w3"})
 	w4 := e.startWorker(workerOpts{name: "w4"})
 	t.Logf("4 consumers: balanced %v after the joins", e.waitBalanced(st.Name(), P, w1, w2, w3, w4))
+	e.checkKept(st.Name(), before, e.leases(st.Name(), defaultGroup, P), w1, w2)
 	prod.waitSent(t, int(prod.sent.Load())+500)
 
 	sent := prod.stop(t)
@@ -139,12 +145,16 @@ func TestZombieIsFenced(t *testing.T) {
 	st := e.stream(defaultStream, P)
 	prod := e.startProducer(st, 200, 0, 10, 10*time.Millisecond)
 	w1 := e.startWorker(workerOpts{name: "w1", work: time.Millisecond})
-	zombie := e.startWorker(workerOpts{name: "w2", work: 5 * time.Millisecond})
+	// Batches of 2: the batch it holds when frozen spans at most 2 of its
+	// 5 or 6 partitions. When it resumes, its ack of that batch is fenced,
+	// and its lease renewal finds the others lost: its next Read reports
+	// them fenced.
+	zombie := e.startWorker(workerOpts{name: "w2", batch: 2, work: 5 * time.Millisecond})
 	w3 := e.startWorker(workerOpts{name: "w3", work: time.Millisecond})
 	e.waitBalanced(st.Name(), P, w1, zombie, w3)
 	prod.waitSent(t, 1000)
 
-	freezeHolding(e, zombie, P)
+	freezeBeforeAck(e, zombie, P)
 	start := time.Now()
 	frozen := map[int]int64{} // partition -> the zombie's epoch
 	for p, l := range e.leases(st.Name(), defaultGroup, P) {
@@ -174,7 +184,10 @@ func TestZombieIsFenced(t *testing.T) {
 
 	resumed := time.Now()
 	zombie.signal(syscall.SIGCONT)
-	poll(t, hang, 10*time.Millisecond, func() bool { return len(zombie.Fenced()) > 0 }, "the zombie never reported ErrFenced")
+	poll(t, hang, 10*time.Millisecond, func() bool {
+		ops := zombie.FencedOps(st.Name())
+		return ops["read"] && ops["ack"]
+	}, "the zombie did not get ErrFenced from both a Read and an Ack; its fenced lines: %v", lazy(func() string { return fmt.Sprint(zombie.Fenced()) }))
 	t.Logf("zombie resumed: %v", zombie.Fenced())
 	e.waitBalanced(st.Name(), P, w1, zombie, w3) // it rejoins as a new member
 
@@ -323,6 +336,55 @@ func freezeHolding(e *env, w *worker, partitions int) {
 		w.signal(syscall.SIGCONT)
 		return false
 	}, "worker %s never held unacked messages", w.name)
+}
+
+// freezeBeforeAck stops w (SIGSTOP) at a moment when it holds unacked
+// messages in Redis and has not begun to ack them (no Ack call in flight in
+// its log), and leaves it stopped: its next Ack is of those messages.
+func freezeBeforeAck(e *env, w *worker, partitions int) {
+	e.t.Helper()
+	poll(e.t, hang, 10*time.Millisecond, func() bool {
+		w.signal(syscall.SIGSTOP)
+		if !w.ackInFlight(defaultStream) {
+			for _, ids := range e.pendingOf(defaultStream, w.group, w.name, partitions) {
+				if len(ids) > 0 {
+					return true
+				}
+			}
+		}
+		w.signal(syscall.SIGCONT)
+		return false
+	}, "worker %s never held unacked messages outside an ack", w.name)
+}
+
+// checkKept checks, across a membership change from the leases before to
+// the leases after, that every partition one of ws held before and still
+// holds keeps its lease epoch and was never revoked or lost meanwhile:
+// only the partitions that move pause (DESIGN invariant 5).
+func (e *env) checkKept(stream string, before, after []lease, ws ...*worker) {
+	e.t.Helper()
+	for _, w := range ws {
+		var kept []int
+		for p := range before {
+			if before[p].owner != w.name || after[p].owner != w.name {
+				continue
+			}
+			kept = append(kept, p)
+			if after[p].epoch != before[p].epoch {
+				e.t.Errorf("partition %d stayed with %s but its lease epoch went from %d to %d: it was handed over and back",
+					p, w.name, before[p].epoch, after[p].epoch)
+			}
+			for _, ev := range w.PartitionEvents() {
+				if ev.stream == stream && ev.partition == p && ev.epoch == before[p].epoch && ev.kind != "assigned" {
+					e.t.Errorf("partition %d stayed with %s under epoch %d, yet %s reported it %s", p, w.name, before[p].epoch, w.name, ev.kind)
+				}
+			}
+		}
+		if len(kept) == 0 {
+			e.t.Errorf("%s kept none of its partitions across the change: nothing was checked", w.name)
+		}
+		e.t.Logf("%s kept partitions %v, same epochs, never revoked", w.name, kept)
+	}
 }
 
 // checkPendingFirst checks that the messages pending for victim when it

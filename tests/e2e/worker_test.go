@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/segmenter/segmenter/internal/invariant"
 )
 
 // workerOpts configures a worker process; zero fields take the defaults of
@@ -31,6 +33,24 @@ type workerOpts struct {
 	heartbeat time.Duration // -1: the SDK default
 	block     time.Duration
 	noAck     int // leave every noAck-th batch unacked (0: none)
+	nack      int // hand every nack-th batch back with Nack (0: none)
+
+	// mode is "read" (the default), "run" or "run-key" (see ./worker).
+	mode           string
+	keyConcurrency int           // run-key: WithKeyConcurrency's bound (0: the worker's default)
+	backoff        time.Duration // Run's initial retry backoff (0: the worker's default)
+	// failKey makes the Run handler fail the messages of this key whose
+	// number is a multiple of failEvery, failTimes times each.
+	failKey              string
+	failEvery, failTimes int
+}
+
+// partEvent is an "assigned", "revoked" or "lost" line of a worker.
+type partEvent struct {
+	kind      string
+	stream    string
+	partition int
+	epoch     int64
 }
 
 // gotLine is a "got" line: the first delivery of a partition under an epoch.
@@ -59,6 +79,7 @@ type worker struct {
 	ready        map[string]bool
 	got          []gotLine
 	fenced       []string
+	partEvents   []partEvent
 	shutdownDone bool
 }
 
@@ -97,6 +118,9 @@ func (e *env) startWorker(o workerOpts) *worker {
 	if o.block < 0 {
 		o.block = 0
 	}
+	if o.mode == "" {
+		o.mode = "read"
+	}
 	w := &worker{
 		t:       t,
 		name:    o.name,
@@ -126,7 +150,18 @@ func (e *env) startWorker(o workerOpts) *worker {
 		"-heartbeat", o.heartbeat.String(),
 		"-block", o.block.String(),
 		"-noack-every", strconv.Itoa(o.noAck),
+		"-nack-every", strconv.Itoa(o.nack),
+		"-mode", o.mode,
 	)
+	if o.keyConcurrency > 0 {
+		w.cmd.Args = append(w.cmd.Args, "-key-concurrency", strconv.Itoa(o.keyConcurrency))
+	}
+	if o.backoff > 0 {
+		w.cmd.Args = append(w.cmd.Args, "-backoff", o.backoff.String())
+	}
+	if o.failKey != "" {
+		w.cmd.Args = append(w.cmd.Args, "-fail-key", o.failKey, "-fail-every", strconv.Itoa(o.failEvery), "-fail-times", strconv.Itoa(o.failTimes))
+	}
 	w.cmd.Stderr = stderr
 	// A race-enabled binary sleeps 1s at exit by default: it would show in
 	// every measurement of a stop.
@@ -192,6 +227,14 @@ func (w *worker) parse(line string) {
 		}
 	case "fenced":
 		w.fenced = append(w.fenced, line)
+	case "assigned", "revoked", "lost":
+		if len(f) >= 4 {
+			p, err1 := strconv.Atoi(f[2])
+			epoch, err2 := strconv.ParseInt(f[3], 10, 64)
+			if err1 == nil && err2 == nil {
+				w.partEvents = append(w.partEvents, partEvent{kind: f[0], stream: f[1], partition: p, epoch: epoch})
+			}
+		}
 	case "shutdown":
 		if line == "shutdown done" {
 			w.shutdownDone = true
@@ -232,6 +275,64 @@ func (w *worker) Fenced() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return slices.Clone(w.fenced)
+}
+
+// FencedOps returns the operations ("read", "ack") of stream that returned
+// ErrFenced so far.
+func (w *worker) FencedOps(stream string) map[string]bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	ops := make(map[string]bool)
+	for _, l := range w.fenced {
+		if f := strings.Fields(l); len(f) >= 3 && f[1] == stream {
+			ops[f[2]] = true
+		}
+	}
+	return ops
+}
+
+// PartitionEvents returns the partition events printed so far.
+func (w *worker) PartitionEvents() []partEvent {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.partEvents)
+}
+
+// events returns w's event log of stream so far.
+func (w *worker) events(stream string) []invariant.Event {
+	w.t.Helper()
+	f, err := os.Open(strings.ReplaceAll(w.logPath, "{stream}", stream))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer f.Close()
+	evs, err := invariant.ReadJSON(f)
+	if err != nil {
+		w.t.Fatalf("log of worker %s: %v", w.name, err)
+	}
+	return evs
+}
+
+// ackInFlight reports whether w's log of stream shows an Ack call that
+// started and has not returned.
+func (w *worker) ackInFlight(stream string) bool {
+	type call struct {
+		batch int64
+		index int
+	}
+	open := make(map[call]bool)
+	for _, ev := range w.events(stream) {
+		switch ev.Kind {
+		case invariant.KindAckStarted:
+			open[call{ev.Batch, ev.Index}] = true
+		case invariant.KindAcked:
+			delete(open, call{ev.Batch, ev.Index})
+		}
+	}
+	return len(open) > 0
 }
 
 func (w *worker) tail(n int) string {

@@ -4,6 +4,16 @@
 // so that the test can prove the invariants over the logs of every process,
 // including the ones it killed.
 //
+// With -mode read (the default) it calls Read and Ack itself; with -mode run
+// it hands a handler to Consumer.Run (each partition's messages one after
+// the other), with -mode run-key to Run with WithKeyConcurrency. In the Run
+// modes the log comes from the SDK's hooks: every fetch (DeliverHook), every
+// handler call (HandlerHook) and every ack with its outcome (AckHook); a
+// message whose handler succeeded is logged as an ack in flight until the
+// AckHook reports it, so that a kill in between counts as an ack that may
+// have run. Failed reads are logged too (Read's errors; in the Run modes
+// every partition error reported to Config.OnError), and Nacks.
+//
 // It prints one line to stdout for each thing a test may wait for:
 //
 //	ready STREAM                     registered on STREAM
@@ -15,8 +25,9 @@
 //	shutdown done                    Shutdown returned after SIGTERM/SIGINT
 //	shutdown error ERR               Shutdown failed (the exit status is 1)
 //
-// On SIGTERM or SIGINT it stops reading, acks what it holds, calls Shutdown
-// (bounded by -shutdown) and exits 0.
+// On SIGTERM or SIGINT it stops reading (Run: ends Run's context, which
+// lets the handlers in flight finish and acks them), acks what it holds,
+// calls Shutdown (bounded by -shutdown) and exits 0.
 package main
 
 import (
@@ -45,7 +56,14 @@ type options struct {
 	batch                                     int
 	maxProc, session, heartbeat, block        time.Duration
 	readWait, work, shutdown                  time.Duration
-	noAckEvery                                int
+	noAckEvery, nackEvery                     int
+
+	mode           string // read, run or run-key
+	keyConcurrency int
+	backoff        time.Duration
+	failKey        string // Run: the handler fails some messages of this key
+	failEvery      int    // of the key's messages, those numbered (Data) a multiple of failEvery
+	failTimes      int    // fail their first failTimes calls in this process
 }
 
 func parseFlags() (options, error) {
@@ -66,6 +84,13 @@ func parseFlags() (options, error) {
 	flag.DurationVar(&o.work, "work", 0, "processing time per message")
 	flag.DurationVar(&o.shutdown, "shutdown", 10*time.Second, "bound of Shutdown")
 	flag.IntVar(&o.noAckEvery, "noack-every", 0, "leave every n-th batch unacked, as a failed processing would (0: ack all)")
+	flag.IntVar(&o.nackEvery, "nack-every", 0, "hand every n-th batch back with Nack instead of acking it (0: none; read mode)")
+	flag.StringVar(&o.mode, "mode", "read", "read (Read and Ack), run (Consumer.Run) or run-key (Run with WithKeyConcurrency)")
+	flag.IntVar(&o.keyConcurrency, "key-concurrency", 8, "WithKeyConcurrency's bound (run-key mode)")
+	flag.DurationVar(&o.backoff, "backoff", 20*time.Millisecond, "initial retry backoff of Run (doubling up to 8 times that)")
+	flag.StringVar(&o.failKey, "fail-key", "", "run modes: the handler fails some messages of this partition key")
+	flag.IntVar(&o.failEvery, "fail-every", 5, "with -fail-key: the key's messages whose number (their data) is a multiple of this fail")
+	flag.IntVar(&o.failTimes, "fail-times", 3, "with -fail-key: how many calls of each such message fail before one succeeds")
 	flag.Parse()
 	var missing []string
 	for _, f := range []struct{ name, v string }{
@@ -78,6 +103,14 @@ func parseFlags() (options, error) {
 	}
 	if len(missing) > 0 {
 		return o, fmt.Errorf("missing %s", strings.Join(missing, ", "))
+	}
+	switch o.mode {
+	case "read", "run", "run-key":
+	default:
+		return o, fmt.Errorf("-mode %q: want read, run or run-key", o.mode)
+	}
+	if o.failEvery < 1 {
+		return o, fmt.Errorf("-fail-every %d: want 1 or more", o.failEvery)
 	}
 	o.streams = strings.Split(streams, ",")
 	if len(o.streams) > 1 && !strings.Contains(o.logPath, "{stream}") {
@@ -116,13 +149,28 @@ type member struct {
 	logFile  *os.File
 	ownedMu  sync.Mutex
 	lastOwn  string
-	gotEpoch map[int]int64 // partition -> epoch of the last "got" line; read loop only
+	gotEpoch map[int]int64 // partition -> epoch of the last "got" line; read loop (Run: its fetches) only
+
+	// Run modes: the acks in flight of the messages handled successfully,
+	// by partition, epoch and ID, oldest first.
+	acksMu  sync.Mutex
+	pending map[ackKey][]*invariant.PendingAck
+	attMu   sync.Mutex
+	calls   map[string]int // message ID -> handler calls in this process (failures injected)
+}
+
+type ackKey struct {
+	p     int
+	epoch int64
+	id    string
 }
 
 func run(o options) error {
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 
+	var byStreamMu sync.Mutex
+	byStream := make(map[string]*member)
 	seg, err := segmenter.NewSegmenter(&segmenter.Config{
 		RedisURL:          o.redisURL,
 		Namespace:         o.namespace,
@@ -131,6 +179,21 @@ func run(o options) error {
 		BlockInterval:     o.block,
 		OnError: func(err error) {
 			fmt.Fprintln(os.Stderr, "worker: background:", err)
+			if o.mode == "read" {
+				return // Read returns the errors of its fetches itself
+			}
+			// Run reports the errors of its fetches here only, among the
+			// other background errors: count each partition error as a
+			// failed fetch of its partition.
+			now := time.Now()
+			for _, pe := range partitionErrors(err) {
+				byStreamMu.Lock()
+				m := byStream[pe.Stream]
+				byStreamMu.Unlock()
+				if m != nil && pe.Group == o.group {
+					m.rec.ReadError(o.name, pe.Partition, pe, now, now)
+				}
+			}
 		},
 	})
 	if err != nil {
@@ -140,7 +203,11 @@ func run(o options) error {
 
 	members := make([]*member, 0, len(o.streams))
 	for _, st := range o.streams {
-		m, err := join(o, seg, st)
+		m, err := join(o, seg, st, func(m *member) {
+			byStreamMu.Lock()
+			byStream[st] = m
+			byStreamMu.Unlock()
+		})
 		if err != nil {
 			return err
 		}
@@ -149,21 +216,32 @@ func run(o options) error {
 	}
 
 	stopping := make(chan struct{})
+	runCtx, stopRun := context.WithCancel(context.Background())
+	defer stopRun()
+	runErrs := make([]error, len(members))
 	var wg sync.WaitGroup
-	for _, m := range members {
+	for i, m := range members {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			m.consume(stopping)
+			if o.mode == "read" {
+				m.consume(stopping)
+				return
+			}
+			runErrs[i] = m.run(runCtx)
 		}()
 	}
 	<-stop
 	close(stopping)
+	stopRun()
 	wg.Wait()
 
 	// Every delivered message was acked (or its ack failed): hand over.
 	var errs []error
-	for _, m := range members {
+	for i, m := range members {
+		if err := runErrs[i]; err != nil {
+			errs = append(errs, fmt.Errorf("stream %s: Run: %w", m.stream, err))
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), o.shutdown)
 		err := m.c.Load().Shutdown(ctx)
 		cancel()
@@ -183,17 +261,26 @@ func run(o options) error {
 	return nil
 }
 
-func join(o options, seg *segmenter.Segmenter, stream string) (*member, error) {
+// join registers the consumer of stream; known is called with the member
+// before it registers, so that its background errors find it.
+func join(o options, seg *segmenter.Segmenter, stream string, known func(*member)) (*member, error) {
 	path := strings.ReplaceAll(o.logPath, "{stream}", stream)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	m := &member{o: o, stream: stream, rec: invariant.NewRecorder(), logFile: f, gotEpoch: make(map[int]int64)}
+	m := &member{o: o, stream: stream, rec: invariant.NewRecorder(), logFile: f, gotEpoch: make(map[int]int64),
+		pending: make(map[ackKey][]*invariant.PendingAck), calls: make(map[string]int)}
 	m.rec.SetOutput(f)
-	c, err := seg.RegisterConsumer(context.Background(), stream, o.group, o.batch, o.maxProc,
+	known(m)
+	opts := []segmenter.ConsumerOption{
 		segmenter.WithConsumerName(o.name),
-		segmenter.WithPartitionListener(m.onEvent))
+		segmenter.WithPartitionListener(m.onEvent),
+	}
+	if o.mode != "read" {
+		opts = append(opts, segmenter.WithHooks(runHooks{m}))
+	}
+	c, err := seg.RegisterConsumer(context.Background(), stream, o.group, o.batch, o.maxProc, opts...)
 	if err != nil {
 		f.Close()
 		return nil, err
@@ -262,6 +349,12 @@ func (m *member) consume(stopping <-chan struct{}) {
 			if errors.Is(err, segmenter.ErrClosed) {
 				return
 			}
+			p := -1
+			var pe *segmenter.PartitionError
+			if errors.As(err, &pe) {
+				p = pe.Partition
+			}
+			m.rec.ReadError(c.ID(), p, err, start, end)
 			if !errors.Is(err, segmenter.ErrFenced) {
 				time.Sleep(50 * time.Millisecond) // Redis is away: do not spin
 			}
@@ -276,6 +369,15 @@ func (m *member) consume(stopping <-chan struct{}) {
 		batches++
 		if m.o.noAckEvery > 0 && batches%m.o.noAckEvery == 0 {
 			continue // failed: redelivered after maxProcessingTime
+		}
+		if m.o.nackEvery > 0 && batches%m.o.nackEvery == 0 {
+			start := time.Now()
+			err := c.Nack(msgs...) // handed back: delivered again at once
+			m.rec.Nacked(c.ID(), msgs, start, time.Now())
+			if err != nil {
+				m.report("nack", err)
+			}
+			continue
 		}
 		m.ack(c, msgs)
 	}
@@ -339,4 +441,119 @@ func (m *member) report(op string, err error) {
 
 func oneLine(err error) string {
 	return strings.ReplaceAll(err.Error(), "\n", "; ")
+}
+
+// run hands the messages to Consumer.Run until ctx ends.
+func (m *member) run(ctx context.Context) error {
+	opts := []segmenter.RunOption{segmenter.WithRetryBackoff(m.o.backoff, 8*m.o.backoff)}
+	if m.o.mode == "run-key" {
+		opts = append(opts, segmenter.WithKeyConcurrency(m.o.keyConcurrency))
+	}
+	err := m.c.Load().Run(ctx, m.handle, opts...)
+	if errors.Is(err, segmenter.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// handle is the Run handler: it works -work per message and fails the
+// messages chosen by -fail-key a few times.
+func (m *member) handle(ctx context.Context, msg *contracts.CMessage) error {
+	if m.o.failKey != "" && msg.PartitionKey == m.o.failKey {
+		if n, err := strconv.Atoi(string(msg.Data)); err == nil && n%m.o.failEvery == 0 {
+			m.attMu.Lock()
+			m.calls[msg.Id]++
+			call := m.calls[msg.Id]
+			m.attMu.Unlock()
+			if call <= m.o.failTimes {
+				return fmt.Errorf("injected failure %d of %d", call, m.o.failTimes)
+			}
+		}
+	}
+	if m.o.work > 0 {
+		t := time.NewTimer(m.o.work) // the processing itself
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// runHooks logs what Run does (see the package documentation).
+type runHooks struct{ m *member }
+
+func (h runHooks) OnDeliver(ev segmenter.DeliverEvent) {
+	h.m.rec.Delivered(ev.Consumer, ev.Messages, ev.Start, ev.End)
+	h.m.announce(ev.Messages, ev.End)
+}
+
+func (h runHooks) OnHandlerStart(segmenter.HandlerEvent) {}
+
+func (h runHooks) OnHandlerEnd(ev segmenter.HandlerEvent) {
+	m := h.m
+	m.rec.Handled(ev.Consumer, ev.Message, ev.Attempt, ev.Err, ev.Start, ev.End)
+	if ev.Err != nil {
+		return
+	}
+	// Run acks it next: an ack in flight from now on.
+	pa := m.rec.BeginAck(ev.Consumer, []*contracts.CMessage{ev.Message})
+	k := ackKey{int(ev.Message.Partition), ev.Message.Epoch, ev.Message.Id}
+	m.acksMu.Lock()
+	m.pending[k] = append(m.pending[k], pa)
+	m.acksMu.Unlock()
+}
+
+func (h runHooks) OnAck(ev segmenter.AckEvent) {
+	m := h.m
+	outcome := invariant.AckOK
+	switch ev.Outcome {
+	case segmenter.AckFenced:
+		outcome = invariant.AckFenced
+	case segmenter.AckFailed:
+		outcome = invariant.AckError
+	}
+	var unknown []*contracts.CMessage
+	m.acksMu.Lock()
+	for _, id := range ev.IDs {
+		k := ackKey{ev.Partition, ev.Epoch, id}
+		q := m.pending[k]
+		if len(q) == 0 {
+			unknown = append(unknown, &contracts.CMessage{Id: id, Partition: uint32(ev.Partition), Epoch: ev.Epoch})
+			continue
+		}
+		q[0].Done(outcome)
+		if len(q) == 1 {
+			delete(m.pending, k)
+		} else {
+			m.pending[k] = q[1:]
+		}
+	}
+	m.acksMu.Unlock()
+	if len(unknown) > 0 { // not from a handler call: log the call as it is
+		m.rec.Acked(ev.Consumer, unknown, outcome, ev.Start, ev.End)
+	}
+	if ev.Err != nil {
+		m.report("ack", &segmenter.PartitionError{Stream: ev.Stream, Group: ev.Group, Partition: ev.Partition, Err: ev.Err})
+	}
+}
+
+// partitionErrors returns the partition errors in err's tree, outermost
+// first (an errors.Join of several is reported by Run's acker).
+func partitionErrors(err error) []*segmenter.PartitionError {
+	switch x := err.(type) {
+	case *segmenter.PartitionError:
+		return []*segmenter.PartitionError{x}
+	case interface{ Unwrap() []error }:
+		var out []*segmenter.PartitionError
+		for _, e := range x.Unwrap() {
+			out = append(out, partitionErrors(e)...)
+		}
+		return out
+	case interface{ Unwrap() error }:
+		return partitionErrors(x.Unwrap())
+	}
+	return nil
 }
