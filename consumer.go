@@ -211,6 +211,10 @@ type ownedPartition struct {
 	quiet      bool
 	quietUntil time.Time
 	inflight   map[string]time.Time // delivered, not yet acked: ID -> delivery time
+	// acked holds the messages acked since the fetch in flight was sent
+	// (ID -> when the ack returned): that fetch may have claimed them
+	// before the ack ran in Redis, and must not hand them out again.
+	acked map[string]time.Time
 }
 
 // Stats are counters of a consumer since it was registered.
@@ -1040,11 +1044,22 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 		// of being fetched again to find it empty.
 		op.quiet = r.NextCursor == "" && !r.More && len(r.Entries) < reqs[i].Count
 		op.quietUntil = now.Add(quietFor)
+		// Acks that returned before this fetch was sent ran in Redis before
+		// it: it cannot have claimed their messages.
+		for id, at := range op.acked {
+			if at.Before(sent) {
+				delete(op.acked, id)
+			}
+		}
 		// A claim of the whole pending list (after a lost reply or a Nack)
 		// also returns messages the application still holds: they are not
-		// handed out twice.
+		// handed out twice; nor are claimed messages whose ack ran after
+		// the claim.
 		for _, e := range r.Entries {
 			if at, held := op.inflight[e.ID]; r.Reclaimed && held && now.Before(at.Add(c.maxProc)) {
+				continue
+			}
+			if _, done := op.acked[e.ID]; done {
 				continue
 			}
 			m := &contracts.CMessage{
@@ -1262,8 +1277,13 @@ func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 		default:
 			c.stats.acked.Add(uint64(len(groups[k])))
 			if op, ok := c.parts[k.p]; ok {
+				now := time.Now()
+				if op.acked == nil {
+					op.acked = make(map[string]time.Time)
+				}
 				for _, id := range groups[k] {
 					delete(op.inflight, id)
+					op.acked[id] = now
 				}
 				if op.revoking {
 					c.wakeLoop() // it may be drained: hand it over now

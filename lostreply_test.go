@@ -357,12 +357,12 @@ func TestLostFetchRepliesLoseNothingAndKeepOrder(t *testing.T) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
 	// The fetch script, by EVALSHA or by EVAL (its source is the only
-	// one with XREADGROUP in it).
+	// one with XREADGROUP in it), and the native read (XREADGROUP).
 	markers := [][]byte{scriptMarker(t, "fetch"), []byte("XREADGROUP")}
-	// Every third fetch loses its reply, and fetches 30 to 33 in a row
-	// do: one call's first run and its three retries, so Read itself
-	// fails.
-	cut := func(n int) bool { return n%3 == 0 || n >= 30 && n <= 33 }
+	// Every third fetch loses its reply, and fetches 30 to 37 in a row
+	// do: the native read's first run and its three retries, then the
+	// scripts' four, so Read itself fails.
+	cut := func(n int) bool { return n%3 == 0 || n >= 30 && n <= 37 }
 	seg, proxy := proxiedSegmenter(t, ns, markers, cut)
 	direct := redistest.Client(t)
 	producer := newSegmenter(t, ns, direct)
@@ -395,12 +395,13 @@ func TestLostFetchRepliesLoseNothingAndKeepOrder(t *testing.T) {
 func TestLostAckRepliesAreNotFenced(t *testing.T) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	// Both ack scripts: one partition's, and the one that acks several
-	// partitions of a single node at once.
-	markers := [][]byte{scriptMarker(t, "ack"), scriptMarker(t, "ack_many")}
-	// Every second ack loses its reply; acks 20 to 23 in a row do, so Ack
-	// itself fails with an outcome it cannot know.
-	cut := func(n int) bool { return n%2 == 0 || n >= 20 && n <= 23 }
+	// Both ack scripts (one partition's, and the one that acks several
+	// partitions of a single node at once) and the native ack (XACK).
+	markers := [][]byte{scriptMarker(t, "ack"), scriptMarker(t, "ack_many"), []byte("XACK")}
+	// Every second ack loses its reply; acks 20 to 27 in a row do (the
+	// native ack and its three retries, then the scripts'), so Ack itself
+	// fails with an outcome it cannot know.
+	cut := func(n int) bool { return n%2 == 0 || n >= 20 && n <= 27 }
 	seg, proxy := proxiedSegmenter(t, ns, markers, cut)
 	direct := redistest.Client(t)
 	producer := newSegmenter(t, ns, direct)

@@ -101,6 +101,11 @@ func (c *Config) validate() error {
 	if c.Client == nil && c.RedisURL == "" {
 		errs = append(errs, invalid("no Redis: set Config.Client or Config.RedisURL (or the REDIS_URL environment variable)"))
 	}
+	if c.Client == nil && c.RedisURL != "" {
+		if _, err := redis.ParseURL(c.RedisURL); err != nil {
+			errs = append(errs, invalid("RedisURL: %v", err))
+		}
+	}
 	if c.SessionTimeout < 10*time.Millisecond {
 		errs = append(errs, invalid("SessionTimeout %v is below 10ms", c.SessionTimeout))
 	}
@@ -151,9 +156,9 @@ func NewSegmenter(cfg *Config) (*Segmenter, error) {
 	s.notify.seg = s
 	s.watch.init(s)
 	if s.rdb == nil {
-		opt, err := redis.ParseURL(c.RedisURL)
+		opt, err := redis.ParseURL(c.RedisURL) // validated above
 		if err != nil {
-			return nil, fmt.Errorf("%w: RedisURL: %v", ErrInvalidArgument, err)
+			return nil, invalid("RedisURL: %v", err)
 		}
 		s.rdb = redis.NewClient(opt)
 		s.ownClient = true
