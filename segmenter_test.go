@@ -140,7 +140,7 @@ func TestBadInputWritesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	drainNoAck(t, g1, nil, 3)
-	freeze.Freeze()
+	freeze.Freeze(t)
 	before := snapshot(t, rdb, ns)
 	for _, kind := range []string{"hash", "set", "zset", "stream"} {
 		found := false

@@ -7,10 +7,13 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/segmenter/segmenter/internal/redistest"
 )
 
 // snapshot returns every key of namespace ns with its type and content as
@@ -155,45 +158,55 @@ func compareSnapshots(t *testing.T, before, after map[string]string) {
 }
 
 // freezer is a go-redis hook that stops a client for good: after Freeze
-// returns, no command of the client is in flight and none is sent.
+// returns, no command of the client is in flight and none is sent. (No
+// lock is held across a call: go-redis runs hooks again inside a call, to
+// set up a new connection.)
 type freezer struct {
-	mu     sync.RWMutex
-	frozen bool
+	frozen   atomic.Bool
+	inFlight atomic.Int64
 }
 
 var errFrozen = errors.New("test: client frozen")
 
 func (f *freezer) DialHook(next redis.DialHook) redis.DialHook { return next }
 
+// enter counts a call in flight, or refuses it once frozen.
+func (f *freezer) enter() bool {
+	f.inFlight.Add(1)
+	if f.frozen.Load() {
+		f.inFlight.Add(-1)
+		return false
+	}
+	return true
+}
+
 func (f *freezer) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		f.mu.RLock()
-		defer f.mu.RUnlock()
-		if f.frozen {
+		if !f.enter() {
 			cmd.SetErr(errFrozen)
 			return errFrozen
 		}
+		defer f.inFlight.Add(-1)
 		return next(ctx, cmd)
 	}
 }
 
 func (f *freezer) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		f.mu.RLock()
-		defer f.mu.RUnlock()
-		if f.frozen {
+		if !f.enter() {
 			for _, c := range cmds {
 				c.SetErr(errFrozen)
 			}
 			return errFrozen
 		}
+		defer f.inFlight.Add(-1)
 		return next(ctx, cmds)
 	}
 }
 
-// Freeze waits for the commands in flight and stops every later one.
-func (f *freezer) Freeze() {
-	f.mu.Lock()
-	f.frozen = true
-	f.mu.Unlock()
+// Freeze stops every later command and waits for those in flight.
+func (f *freezer) Freeze(t *testing.T) {
+	t.Helper()
+	f.frozen.Store(true)
+	redistest.Eventually(t, 10*time.Second, func() bool { return f.inFlight.Load() == 0 }, "commands still in flight after the freeze")
 }
