@@ -69,9 +69,19 @@ fmt-check:
 .PHONY: lint
 lint: vet fmt-check
 
+# The e2e tests run apart, verbose, so that the log says which Redis backend
+# served them (a passing package's output is hidden otherwise); only the
+# backend line and the results are shown, or the whole log on a failure.
+E2E_PKG := ./tests/e2e/
+
 .PHONY: test
 test: deps lint
-	$(GO) test $(TEST_FLAGS) ./...
+	$(GO) test $(TEST_FLAGS) $$($(GO) list ./... | grep -v '/tests/e2e$$')
+	@log=$$(mktemp); status=0; \
+	echo "$(GO) test $(TEST_FLAGS) -v $(E2E_PKG)"; \
+	$(GO) test $(TEST_FLAGS) -v $(E2E_PKG) >"$$log" 2>&1 || status=$$?; \
+	grep -E '^(e2e: redis backend|--- FAIL|ok|FAIL|panic)' "$$log"; \
+	if [ $$status -ne 0 ]; then cat "$$log"; fi; rm -f "$$log"; exit $$status
 
 .PHONY: test-short
 test-short:

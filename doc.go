@@ -18,10 +18,13 @@
 //     partition happens in stream order, and a message due for redelivery is
 //     delivered again before anything newer of its partition.
 //   - Single owner: a consumer reads, claims and acks a partition only while
-//     it holds the partition's lease. The check runs in Redis, in the same Lua
-//     script as the read, claim or ack, against the lease holder and its
-//     epoch (a fencing token, in every delivered message). A consumer that
-//     lost a lease gets ErrFenced and drops the partition.
+//     it holds the partition's lease. The check runs in Redis, atomically
+//     with the read, claim or ack, against the lease holder and its epoch (a
+//     fencing token, in every delivered message): in one Lua script, or, for
+//     the plain reads and acks of a single node, in a WATCH/MULTI/EXEC
+//     transaction that a change of the lease aborts. A consumer that lost a
+//     lease gets ErrFenced and drops the partition; one that cannot renew
+//     its leases stops delivering on its own before they can expire.
 //   - Balance: with M live consumers and P partitions each holds ⌊P/M⌋ or
 //     ⌈P/M⌉; a membership change moves the fewest partitions, and only those
 //     pause. A consumer that stops heartbeating loses its partitions after
@@ -45,8 +48,11 @@
 //   - Dead letters (WithMaxDeliveries, PoisonDeadLetter, Consumer.DeadLetter)
 //     leave the stream and its order; RedriveDeadLetters appends them again.
 //   - Poison entries (written to a partition by another tool) are delivered
-//     in order; Poison reports them.
-//   - On Redis Cluster every script touches one hash slot; Read's wait for new
-//     messages polls there, since one XREAD cannot span slots.
+//     in order; Poison reports them. Under Run, one whose handler fails is
+//     dead-lettered at once.
+//   - Consumers wait for new messages in Redis (one XREAD BLOCK per
+//     Segmenter, on a connection of its own). On Redis Cluster every script
+//     touches one hash slot and consumers poll for new messages instead,
+//     since one XREAD cannot span slots.
 //   - Requires Redis 7.0 or later.
 package segmenter

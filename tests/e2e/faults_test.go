@@ -21,8 +21,9 @@ import (
 //   - its next delayReleases lease releases are held back by releaseDelay
 //     before they leave.
 //
-// It recognizes the SDK's scripts by their shape: a read has 2 keys and 8
-// arguments (owner, epoch, group, count, ...); a release batch is a pipeline
+// It recognizes the SDK's calls by their shape: a read is a pipeline with an
+// XREADGROUP (the native read of a single node) or a script with 2 keys and
+// 8 arguments (owner, epoch, group, count, ...); a release batch is a pipeline
 // of scripts with 1 key and 2 arguments each (owner, epoch) and nothing
 // else. A call refused with NOSCRIPT did not run, and does not count.
 type slowNet struct {
@@ -47,6 +48,9 @@ func (h *slowNet) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proc
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		read, release := false, len(cmds) > 0
 		for _, c := range cmds {
+			if a := c.Args(); len(a) > 0 && strings.EqualFold(fmt.Sprint(a[0]), "xreadgroup") {
+				read = true
+			}
 			keys, args, ok := scriptShape(c)
 			if ok && keys == 2 && len(args) == 8 && !strings.Contains(args[3], "-") {
 				read = true
