@@ -1407,7 +1407,13 @@ func (c *Consumer) leave(ctx context.Context) error {
 			}
 		}
 		c.mu.Unlock()
-		if n == 0 || ctx.Err() != nil {
+		if n == 0 {
+			break
+		}
+		if err := ctx.Err(); err != nil {
+			// Released below all the same: messages still in flight go to
+			// the next owner while the application may be processing them.
+			errs = append(errs, fmt.Errorf("segmenter: shutdown: %d partitions handed over with messages in flight: %w", n, err))
 			break
 		}
 		select {

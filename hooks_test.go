@@ -21,6 +21,8 @@ type eventLog struct {
 	parts  []segmenter.PartitionEvent
 	acks   []segmenter.AckEvent
 	starts int
+	// redelivered counts OnRedeliver calls.
+	redelivered int
 }
 
 func (l *eventLog) add(k string)                     { l.mu.Lock(); l.kinds = append(l.kinds, k); l.mu.Unlock() }
@@ -30,6 +32,11 @@ func (l *eventLog) OnAck(e segmenter.AckEvent) {
 	l.acks = append(l.acks, e)
 	l.mu.Unlock()
 	l.add("ack")
+}
+func (l *eventLog) OnRedeliver(segmenter.RedeliverEvent) {
+	l.mu.Lock()
+	l.redelivered++
+	l.mu.Unlock()
 }
 func (l *eventLog) OnHandlerStart(segmenter.HandlerEvent) {
 	l.mu.Lock()
@@ -132,5 +139,77 @@ func TestNotifyShutdownFirstSignalStopsSecondAborts(t *testing.T) {
 	}
 	if !errors.Is(abort.Err(), context.Canceled) {
 		t.Fatal(abort.Err())
+	}
+}
+
+// The outcomes hooks report beyond the happy path: an ack that failed (its
+// outcome unknown), a fenced ack with the partition lost, and, under Run, a
+// redelivery and a dead letter for too many deliveries.
+func TestHooksSeeFailedAndFencedAcksLostPartitionsAndDeadLetters(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	rdbA, cutA := gatedClient(t)
+	segA := newSegmenter(t, ns, rdbA)
+	st, err := segA.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logA := &eventLog{}
+	a, err := segA.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithHooks(logA), segmenter.WithConsumerName("A"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, st, nil, msg("k", "0"))
+	msgs := drainNoAck(t, a, nil, 1)
+	cutA.closed.Store(true)
+	if err := a.Ack(ctx, msgs...); err == nil || errors.Is(err, segmenter.ErrFenced) {
+		t.Fatalf("ack through a cut link: %v, want an error of unknown outcome", err)
+	}
+	// B takes the partition once A's lease expires; A's ack is then fenced.
+	logB := &eventLog{}
+	b, err := newSegmenter(t, ns, nil).RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithHooks(logB),
+		segmenter.WithMaxDeliveries(2), segmenter.WithConsumerName("B"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool { return len(b.Assignment()) == 1 }, "B never got the partition")
+	cutA.closed.Store(false)
+	if err := a.Ack(ctx, msgs...); !errors.Is(err, segmenter.ErrFenced) {
+		t.Fatalf("ack after the lease moved: %v, want ErrFenced", err)
+	}
+	// Under Run, B gets the message again and fails it until it is dead-
+	// lettered (delivered more than twice).
+	stop := runUntil(t, b, func(context.Context, *contracts.CMessage) error { return errors.New("test: fails") },
+		segmenter.WithRetryBackoff(time.Millisecond, time.Millisecond))
+	redistest.Eventually(t, 10*time.Second, func() bool { return b.Stats().DeadLettered == 1 }, "never dead-lettered")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	logA.mu.Lock()
+	outcomes := []segmenter.AckOutcome{}
+	for _, e := range logA.acks {
+		outcomes = append(outcomes, e.Outcome)
+	}
+	lost := 0
+	for _, e := range logA.parts {
+		if e.Kind == segmenter.PartitionLost && errors.Is(e.Err, segmenter.ErrFenced) {
+			lost++
+		}
+	}
+	logA.mu.Unlock()
+	if len(outcomes) != 2 || outcomes[0] != segmenter.AckFailed || outcomes[1] != segmenter.AckFenced {
+		t.Fatalf("A's ack outcomes %v, want [failed fenced]", outcomes)
+	}
+	if lost != 1 {
+		t.Fatalf("A's partition events %+v: want it lost once, fenced", logA.parts)
+	}
+	logB.mu.Lock()
+	defer logB.mu.Unlock()
+	if len(logB.dead) != 1 || logB.dead[0].Message.Id != msgs[0].Id || logB.dead[0].Err != nil {
+		t.Fatalf("B's dead-letter events %+v", logB.dead)
+	}
+	if logB.redelivered == 0 {
+		t.Fatal("B's redelivery of A's message was not reported")
 	}
 }

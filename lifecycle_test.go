@@ -326,3 +326,34 @@ func TestRunStartsNoHandlerPastTheLeaseValidity(t *testing.T) {
 		}
 	}
 }
+
+// A Shutdown whose ctx ends while messages are in flight still hands the
+// partitions over, and says so.
+func TestShutdownPastItsContextReportsTheMessagesInFlight(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	seg := newSegmenter(t, ns, nil)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, st, nil, msg("k", "0"))
+	drainUnacked(t, a, 1)
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if err := a.Shutdown(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown with a message in flight past its ctx: %v, want its deadline", err)
+	}
+	b, err := newSegmenter(t, ns, nil).RegisterConsumer(ctx, "s", "g", 10, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := drain(t, b, nil, 1, 5*time.Second) // handed over: no session timeout to wait
+	if got[0].DeliveryCount != 2 {
+		t.Fatalf("the next owner got %s with delivery %d, want it again", got[0].Id, got[0].DeliveryCount)
+	}
+}

@@ -2,6 +2,7 @@ package rebalance
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -178,11 +179,22 @@ const NeverDue = time.Duration(1<<63 - 1)
 // reads with no claim to do run natively (see native.go).
 func Fetch(ctx context.Context, rdb redis.Cmdable, owner, group string, redeliverAfter time.Duration, reqs []FetchRequest) []FetchResult {
 	if native(rdb) && len(reqs) > 0 && nativeFetchable(reqs) {
-		if res, err := fetchNative(ctx, rdb, owner, group, redeliverAfter, reqs); err == nil {
+		res, err := fetchNative(ctx, rdb, owner, group, redeliverAfter, reqs)
+		switch {
+		case err == nil:
 			return res
+		case !errors.Is(err, errAborted):
+			// The read may have run, its entries pending unseen: claim
+			// every partition's pending list before reading anything new.
+			again := make([]FetchRequest, len(reqs))
+			for i, r := range reqs {
+				r.Cursor, r.CursorIdle = "0-0", 0
+				again[i] = r
+			}
+			reqs = again
 		}
-		// Aborted or failed: the scripts handle every case, a read whose
-		// outcome is unknown included (same fetch ids).
+		// Otherwise it did not run (a lease moved, a redelivery is due):
+		// the scripts handle every case.
 	}
 	return fetchScripts(ctx, rdb, owner, group, redeliverAfter, reqs)
 }

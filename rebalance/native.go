@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -23,7 +24,8 @@ import (
 //	                               lost); when a check fails it writes to a
 //	                               lease, which aborts the EXEC
 //	MULTI
-//	HSET lease r <fetch id>        (reads) the retry marker, as fetch.lua
+//	HSET lease r <fetch id>        (reads) the retry marker, as fetch.lua,
+//	                               on the first lease
 //	XREADGROUP ... | XACK ...      the work itself
 //	EXEC                           runs only if no lease was written since
 //	                               WATCH: the check and the work are atomic
@@ -43,12 +45,21 @@ var (
 	guardAck   = mustRead("guard_ack")
 )
 
+// mustRead returns the script without its comment lines and indentation:
+// EVAL sends the source every time, and Redis hashes it every time.
 func mustRead(name string) string {
 	b, err := luaFiles.ReadFile("lua/" + name + ".lua")
 	if err != nil {
 		panic(err) // embedded at build time: cannot happen
 	}
-	return string(b)
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line != "" && !strings.HasPrefix(line, "--") {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // native reports whether rdb runs the native path: one Redis node.
@@ -64,10 +75,17 @@ var scriptsOnly atomic.Bool
 // guard failed a check). The caller falls back to the scripts.
 var errAborted = errors.New("native: aborted")
 
+// errUnknown: the read may have run (its reply was lost, or it is a retry of
+// one whose reply was lost): the caller claims the pending lists again.
+var errUnknown = errors.New("native: outcome unknown")
+
 // fetchNative runs reqs (none with a claim in progress) as one native read.
-// It returns errAborted, or another error, when the caller must use the
-// scripts instead; the read then did not run, or its outcome is unknown and
-// the scripts' retry marker covers it.
+// It returns errAborted when the read did not run, and errUnknown (or
+// another error) when it may have: the caller then uses the scripts, and
+// after errUnknown or another error claims the pending lists first.
+//
+// Only the first lease carries the retry marker (the fetch id): a retried
+// call that finds it there knows its first run read, for every partition.
 func fetchNative(ctx context.Context, rdb redis.Cmdable, owner, group string, redeliverAfter time.Duration, reqs []FetchRequest) ([]FetchResult, error) {
 	n := len(reqs)
 	keys := make([]any, 0, 1+n)
@@ -84,51 +102,71 @@ func fetchNative(ctx context.Context, rdb redis.Cmdable, owner, group string, re
 	if redeliverAfter != NeverDue {
 		idle = strconv.FormatInt(redeliverAfter.Milliseconds(), 10)
 	}
-	gargs := make([]any, 0, 3+2*n)
-	gargs = append(gargs, owner, group, idle)
+	id := reqs[0].FetchID
+	gargs := make([]any, 0, 4+n)
+	gargs = append(gargs, owner, group, idle, id)
 	for _, r := range reqs {
-		gargs = append(gargs, strconv.FormatInt(r.Epoch, 10), r.FetchID)
+		gargs = append(gargs, strconv.FormatInt(r.Epoch, 10))
+	}
+	// One XREADGROUP per distinct count (a batch is shared out evenly, so
+	// one or two), over every stream of that count.
+	var counts []int
+	byCount := make(map[int][]int)
+	for i, r := range reqs {
+		if _, ok := byCount[r.Count]; !ok {
+			counts = append(counts, r.Count)
+		}
+		byCount[r.Count] = append(byCount[r.Count], i)
 	}
 
 	pipe := rdb.Pipeline()
 	pipe.Do(ctx, keys...)
 	guard := pipe.Eval(ctx, guardFetch, gkeys, gargs...)
 	pipe.Do(ctx, "MULTI")
-	for _, r := range reqs {
-		pipe.Do(ctx, "HSET", r.LeaseKey, "r", r.FetchID)
-	}
-	for _, r := range reqs {
-		pipe.Do(ctx, "XREADGROUP", "GROUP", group, owner, "COUNT", r.Count, "STREAMS", r.StreamKey, ">")
+	pipe.Do(ctx, "HSET", reqs[0].LeaseKey, "r", id)
+	for _, c := range counts {
+		idx := byCount[c]
+		a := make([]any, 0, 7+2*len(idx))
+		a = append(a, "XREADGROUP", "GROUP", group, owner, "COUNT", c, "STREAMS")
+		for _, i := range idx {
+			a = append(a, reqs[i].StreamKey)
+		}
+		for range idx {
+			a = append(a, ">")
+		}
+		pipe.Do(ctx, a...)
 	}
 	exec := pipe.Do(ctx, "EXEC")
 	_, _ = pipe.Exec(ctx)
 
 	v, err := exec.Slice()
 	if err != nil {
-		if errors.Is(err, redis.Nil) {
-			return nil, errAborted
+		if !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("%w: %v", errUnknown, err)
 		}
-		return nil, err
+		if g, gerr := guard.Slice(); gerr == nil && len(g) == 3 && str(g[2]) == "retry" {
+			return nil, errUnknown
+		}
+		return nil, errAborted
 	}
 	if g, gerr := guard.Slice(); gerr != nil || len(g) == 0 || num(g[0]) != 1 {
 		// The guard failed or refused, yet the EXEC ran: it cannot have
 		// (a refusal writes a lease), unless the lease key is not a hash.
-		// The read's outcome is then unknown: the retry marker is set, so
-		// the scripts claim the pending list again.
-		return nil, fmt.Errorf("native fetch: guard %v %v with the read done", g, gerr)
+		return nil, fmt.Errorf("%w: guard %v %v, and the read ran", errUnknown, g, gerr)
 	}
-	if len(v) != 2*n {
-		return nil, fmt.Errorf("native fetch: EXEC returned %d replies for %d commands", len(v), 2*n)
+	if len(v) != 1+len(counts) {
+		return nil, fmt.Errorf("%w: EXEC returned %d replies for %d commands", errUnknown, len(v), 1+len(counts))
+	}
+	got := make(map[string][]Entry, n)
+	for _, x := range v[1:] {
+		if err := parseReadGroup(x, got); err != nil {
+			return nil, fmt.Errorf("%w: %v", errUnknown, err)
+		}
 	}
 	out := make([]FetchResult, n)
 	var skipped []AckRequest
 	for i, r := range reqs {
-		entries, err := parseReadGroup(v[n+i])
-		if err != nil {
-			// The read ran but its reply is unusable: unknown outcome,
-			// covered by the retry marker as above.
-			return nil, fmt.Errorf("native fetch: %w", err)
-		}
+		entries := got[r.StreamKey]
 		var other []string // entries re-driven for another group
 		kept := entries[:0]
 		for _, e := range entries {
@@ -177,40 +215,16 @@ func forOther(f []string, group string) ([]string, bool) {
 	return f, false
 }
 
-// parseReadGroup turns the reply of an XREADGROUP of one stream (RESP2 or
-// RESP3, nil when nothing was read) into entries.
-func parseReadGroup(v any) ([]Entry, error) {
-	var streams []any
-	switch x := v.(type) {
-	case nil:
-		return nil, nil
-	case redis.Error:
-		return nil, x
-	case map[any]any: // RESP3: stream -> entries
-		for _, e := range x {
-			streams = append(streams, e)
-		}
-	case []any: // RESP2: [[stream, entries]]
-		for _, s := range x {
-			pair, ok := s.([]any)
-			if !ok || len(pair) != 2 {
-				return nil, fmt.Errorf("unexpected XREADGROUP reply %v", v)
-			}
-			streams = append(streams, pair[1])
-		}
-	default:
-		return nil, fmt.Errorf("unexpected XREADGROUP reply %T", v)
-	}
-	var out []Entry
-	for _, s := range streams {
-		raw, _ := s.([]any)
-		if out == nil {
-			out = make([]Entry, 0, len(raw))
-		}
+// parseReadGroup adds the entries of an XREADGROUP reply (RESP2 or RESP3,
+// nil when nothing was read) to got, by stream key.
+func parseReadGroup(v any, got map[string][]Entry) error {
+	add := func(stream, entries any) error {
+		raw, _ := entries.([]any)
+		out := make([]Entry, 0, len(raw))
 		for _, e := range raw {
 			pair, ok := e.([]any)
 			if !ok || len(pair) != 2 {
-				return nil, fmt.Errorf("unexpected XREADGROUP entry %v", e)
+				return fmt.Errorf("unexpected XREADGROUP entry %v", e)
 			}
 			fv, _ := pair[1].([]any)
 			fields := make([]string, len(fv))
@@ -219,8 +233,34 @@ func parseReadGroup(v any) ([]Entry, error) {
 			}
 			out = append(out, Entry{ID: str(pair[0]), Fields: fields})
 		}
+		got[str(stream)] = out
+		return nil
 	}
-	return out, nil
+	switch x := v.(type) {
+	case nil:
+		return nil
+	case redis.Error:
+		return x
+	case map[any]any: // RESP3: stream -> entries
+		for k, e := range x {
+			if err := add(k, e); err != nil {
+				return err
+			}
+		}
+	case []any: // RESP2: [[stream, entries], ...]
+		for _, s := range x {
+			pair, ok := s.([]any)
+			if !ok || len(pair) != 2 {
+				return fmt.Errorf("unexpected XREADGROUP reply %v", v)
+			}
+			if err := add(pair[0], pair[1]); err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("unexpected XREADGROUP reply %T", v)
+	}
+	return nil
 }
 
 // ackNative runs reqs as one native acknowledgement. It returns errAborted,
