@@ -1034,7 +1034,7 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 				op.lastID = r.TopID
 			}
 			if r.NextCursor == "" && !r.More {
-				op.quiet, op.quietUntil = true, now.Add(quietFor)
+				op.quiet, op.quietUntil = true, now.Add(c.quietFor())
 			}
 			continue
 		}
@@ -1043,7 +1043,7 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 		// (an entry that came meanwhile wakes the watcher at once) instead
 		// of being fetched again to find it empty.
 		op.quiet = r.NextCursor == "" && !r.More && len(r.Entries) < reqs[i].Count
-		op.quietUntil = now.Add(quietFor)
+		op.quietUntil = now.Add(c.quietFor())
 		// Acks that returned before this fetch was sent ran in Redis before
 		// it: it cannot have claimed their messages.
 		for id, at := range op.acked {
@@ -1105,9 +1105,8 @@ func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struc
 	}
 	var from map[int]string
 	if !c.seg.watch.usable() {
-		// One XREAD cannot span slots: poll (quiet partitions are fetched
-		// again after quietFor at the latest).
-		d = min(d, 50*time.Millisecond)
+		// One XREAD cannot span slots: poll.
+		d = min(d, pollInterval)
 	} else if d >= time.Millisecond && !c.closing {
 		// Every quiet partition held, from the newest entry seen in it.
 		// Only quiet ones: the others are fetched as soon as they may be
@@ -1153,9 +1152,19 @@ func (c *Consumer) entriesArrived(keys []string) {
 	}
 }
 
-// quietFor bounds how long a quiet partition goes unfetched: a safety net,
-// the waiter reports news long before.
-const quietFor = 2 * time.Second
+// quietFor bounds how long a quiet partition goes unfetched. With the
+// entry watcher it is a safety net (the watcher reports news long before);
+// without one (a cluster), quiet partitions are polled this often.
+func (c *Consumer) quietFor() time.Duration {
+	if c.seg.watch.usable() {
+		return 5 * time.Second
+	}
+	return pollInterval
+}
+
+// pollInterval is how often consumers without an entry watcher look for
+// new messages.
+const pollInterval = 50 * time.Millisecond
 
 // newerID reports whether stream entry ID a is newer than b ("" is oldest).
 func newerID(a, b string) bool {

@@ -35,8 +35,12 @@ type entryWatcher struct {
 	wg      sync.WaitGroup
 }
 
-// shortBlock bounds one XREAD when it cannot be re-armed by CLIENT UNBLOCK.
-const shortBlock = 20 * time.Millisecond
+// watchBlock bounds one XREAD of the watcher; shortBlock when it cannot be
+// re-armed by CLIENT UNBLOCK.
+const (
+	watchBlock = 5 * time.Second
+	shortBlock = 20 * time.Millisecond
+)
 
 func (w *entryWatcher) init(s *Segmenter) {
 	w.seg = s
@@ -132,11 +136,19 @@ func (w *entryWatcher) rearm(ctx context.Context, seq uint64, id int64) {
 	}
 }
 
-// unwatch drops c's subscription.
+// unwatch drops c's subscription; the last one lets the goroutine end (and
+// give its connection back) at once.
 func (w *entryWatcher) unwatch(c *Consumer) {
 	w.mu.Lock()
 	delete(w.subs, c)
+	last, seq, id := len(w.subs) == 0 && w.armed != nil, w.seq, w.id
+	unblock := !w.noUnblk && id != 0
 	w.mu.Unlock()
+	if last && unblock {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		w.rearm(ctx, seq, id)
+	}
 }
 
 // run waits for entries until no consumer subscribes or the watcher closes.
@@ -187,9 +199,12 @@ func (w *entryWatcher) run() {
 		}
 		w.armed = armed
 		w.seq++
-		block := w.seg.cfg.BlockInterval
+		// Re-armed by CLIENT UNBLOCK whenever its set must change (and at
+		// Close), the XREAD can block long: an idle Segmenter costs Redis
+		// one call per watchBlock.
+		block := watchBlock
 		if w.noUnblk || w.id == 0 {
-			block = min(block, shortBlock)
+			block = shortBlock
 		}
 		w.mu.Unlock()
 

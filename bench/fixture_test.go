@@ -260,7 +260,7 @@ type cost struct {
 func (c cost) String() string {
 	per := func(d time.Duration) float64 { return float64(d) / 1e3 / float64(c.n) }
 	return fmt.Sprintf("%.1f µs/msg wall; CPU per msg: Redis %.1f µs, client %.1f µs; per 100 msgs: %.1f round trips, %.0f commands; Redis per msg: %s",
-		per(c.wall), per(c.redis), per(c.client), 100*float64(c.trips)/float64(c.n), 100*float64(c.cmds)/float64(c.n), c.topCommands(3))
+		per(c.wall), per(c.redis), per(c.client), 100*float64(c.trips)/float64(c.n), 100*float64(c.cmds)/float64(c.n), c.topCommands(4))
 }
 
 // topCommands lists the n top-level commands that took the most Redis time.

@@ -731,7 +731,7 @@ func figGroup(t *testing.T, e *env) {
 		sdk: fmt.Sprintf("%.2f%% core, %.0f calls/s (%.2f%%)", running.pct(), running.callsPerSec(), running.cpuPct())})
 	e.tbl.note("figure 10: %d consumers in one process, each with its own go-redis client and Segmenter; SessionTimeout %v, heartbeat %v (for this figure only); "+
 		"forming the group of %d from nothing took %s; the crash cuts one consumer's client (a go-redis hook)", M, session, hb, M-1, dur(cold))
-	e.tbl.note("figure 10c idle, per command over %v (script-internal commands are part of evalsha's time): %s", e.m.idleWindow, idle.detail())
+	e.tbl.note("figure 10c idle, per command over %v (commands inside scripts and transactions are part of evalsha's, eval's and exec's time): %s", e.m.idleWindow, idle.detail())
 	e.tbl.note("figure 10e idle in Run, per command: %s", running.detail())
 }
 
@@ -742,10 +742,12 @@ type load struct {
 	cpu    time.Duration
 }
 
-// Commands the SDK sends itself; the others seen run inside its scripts
-// (their time is counted in evalsha's). info is the harness's.
+// Commands the SDK sends itself; the others seen run inside its scripts or
+// its MULTI/EXEC transactions (their time is counted in evalsha's, eval's
+// or exec's). info is the harness's.
 var topLevel = map[string]bool{"evalsha": true, "eval": true, "xread": true, "publish": true, "set": true,
-	"subscribe": true, "ping": true, "hello": true, "client|setinfo": true, "xadd": true, "xgroup|create": true, "sadd": true, "hget": true, "hsetnx": true}
+	"subscribe": true, "ping": true, "hello": true, "client|setinfo": true, "xadd": true, "xgroup|create": true, "sadd": true, "hget": true, "hsetnx": true,
+	"watch": true, "multi": true, "exec": true, "client|unblock": true, "client|id": true, "sismember": true}
 
 // isTop reports whether command k of stats ran at top level: when no
 // script ran, every command did.
@@ -814,7 +816,7 @@ func (l load) detail() string {
 		v := l.cmds[k]
 		mark := ""
 		if !isTop(l.cmds, k) {
-			mark = " (in scripts)"
+			mark = " (in scripts or transactions)"
 		}
 		parts = append(parts, fmt.Sprintf("%s%s %.0f calls/s, %.0f µs/s, %.1f µs/call", k, mark,
 			float64(v.calls)/l.window.Seconds(), float64(v.usec)/l.window.Seconds(), float64(v.usec)/float64(v.calls)))
