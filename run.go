@@ -118,6 +118,8 @@ func (c *Consumer) Run(ctx context.Context, h Handler, opts ...RunOption) error 
 		parts:   make(map[int]*runPart),
 		ackKick: make(chan struct{}, 1),
 		ackStop: make(chan struct{}),
+		keyWork: make(chan keyTask),
+		keyQuit: make(chan struct{}),
 	}
 	r.abort, r.cancelAbort = context.WithCancel(context.WithoutCancel(ctx))
 	if o.abort != nil {
@@ -154,7 +156,21 @@ type runner struct {
 	// retryAt: per-key mode refused a partition with some room only to
 	// fetch in batches; the dispatcher looks again then.
 	retryAt time.Time
+
+	// Per-key mode: a key with messages and no worker is handed to an idle
+	// worker, or to a new one; a worker idle for keyIdle ends.
+	keyWork chan keyTask
+	keyQuit chan struct{} // closed by finish: idle workers end
 }
+
+// keyTask is a key of a partition whose queued messages need a worker.
+type keyTask struct {
+	rp  *runPart
+	key string
+}
+
+// keyIdle is how long a per-key worker waits for another key before it ends.
+const keyIdle = time.Second
 
 // keyFetchGap is how long, in per-key mode, a partition with in-flight
 // messages and less than half its room free waits before it is fetched
@@ -167,6 +183,8 @@ type runPart struct {
 	p        int
 	epoch    int64
 	ctx      context.Context // the partition's: cancelled on revoke, loss, shutdown
+	hctx     context.Context // its handlers': ctx's values of Run's, cancelled with ctx or the abort
+	hcancel  context.CancelFunc
 	op       *ownedPartition // the consumer's state of it (nil: no longer held)
 	inflight int             // handed to workers, not finished
 	fetched  time.Time       // per-key mode: when it was last let fetch
@@ -283,7 +301,11 @@ func (r *runner) dispatch(msgs []*contracts.CMessage) {
 		ms := byPart[p]
 		rp := r.parts[p]
 		if rp == nil || rp.epoch != ms[0].Epoch {
+			if rp != nil {
+				rp.hcancel() // an earlier epoch's: cancelled with its partition already
+			}
 			rp = &runPart{p: p, epoch: ms[0].Epoch, ctx: pctx[p].ctx, op: pctx[p].op, keys: make(map[string][]*contracts.CMessage)}
+			rp.hctx, rp.hcancel = r.handlerContext(rp)
 			r.parts[p] = rp
 		}
 		rp.inflight += len(ms)
@@ -296,9 +318,33 @@ func (r *runner) dispatch(msgs []*contracts.CMessage) {
 			q, running := rp.keys[m.PartitionKey]
 			rp.keys[m.PartitionKey] = append(q, m)
 			if !running {
-				r.wg.Add(1)
-				go r.runKey(rp, m.PartitionKey)
+				task := keyTask{rp, m.PartitionKey}
+				select {
+				case r.keyWork <- task: // an idle worker takes it
+				default:
+					r.wg.Add(1)
+					go r.keyWorker(task)
+				}
 			}
+		}
+	}
+}
+
+// keyWorker handles the messages of one key after the other, as they are
+// handed to it, until it has been idle for keyIdle or Run finishes.
+func (r *runner) keyWorker(task keyTask) {
+	defer r.wg.Done()
+	t := time.NewTimer(keyIdle)
+	defer t.Stop()
+	for {
+		r.runKey(task.rp, task.key)
+		t.Reset(keyIdle)
+		select {
+		case task = <-r.keyWork:
+		case <-t.C:
+			return
+		case <-r.keyQuit:
+			return
 		}
 	}
 }
@@ -315,8 +361,7 @@ func (r *runner) handlerContext(rp *runPart) (context.Context, context.CancelFun
 // runSequential handles one partition's batch, message after message.
 func (r *runner) runSequential(rp *runPart, ms []*contracts.CMessage) {
 	defer r.wg.Done()
-	hctx, cancel := r.handlerContext(rp)
-	defer cancel()
+	hctx := rp.hctx
 	var acks []*contracts.CMessage
 	progress := func() { r.ack(acks); acks = acks[:0] }
 	for i, m := range ms {
@@ -329,12 +374,11 @@ func (r *runner) runSequential(rp *runPart, ms []*contracts.CMessage) {
 	r.finished(rp, len(ms))
 }
 
-// runKey handles the queued messages of one key of a partition, in order.
-// Acks are gathered per partition and sent in batches.
+// runKey handles the queued messages of one key of a partition, in order,
+// until the key's queue is empty. Acks are gathered per partition and sent
+// in batches.
 func (r *runner) runKey(rp *runPart, key string) {
-	defer r.wg.Done()
-	hctx, cancel := r.handlerContext(rp)
-	defer cancel()
+	hctx := rp.hctx
 	progress := func() { r.ack(r.takeAcks(rp, true)) }
 	for {
 		r.mu.Lock()
@@ -553,6 +597,7 @@ func (r *runner) acker() {
 // finish waits for the workers: the handlers in flight finish within
 // maxProcessingTime, then their context is cancelled.
 func (r *runner) finish() {
+	close(r.keyQuit) // idle key workers end; busy ones when their key is done
 	done := make(chan struct{})
 	go func() {
 		r.wg.Wait()
@@ -570,6 +615,11 @@ func (r *runner) finish() {
 	}
 	t.Stop()
 	r.cancelAbort()
+	r.mu.Lock()
+	for _, rp := range r.parts {
+		rp.hcancel()
+	}
+	r.mu.Unlock()
 	close(r.ackStop) // the workers are done: send their last acks
 	r.ackerWG.Wait()
 }
