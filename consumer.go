@@ -177,6 +177,7 @@ type Consumer struct {
 	closing   bool
 	flushing  bool // a flushEvents is calling the listener and hooks
 	fetchSeq  uint64
+	fetching  int // fetches sent and not yet applied (see ownedPartition.acked)
 
 	stats     stats
 	retention retentionState // see retention.go
@@ -211,9 +212,9 @@ type ownedPartition struct {
 	quiet      bool
 	quietUntil time.Time
 	inflight   map[string]time.Time // delivered, not yet acked: ID -> delivery time
-	// acked holds the messages acked since the fetch in flight was sent
-	// (ID -> when the ack returned): that fetch may have claimed them
-	// before the ack ran in Redis, and must not hand them out again.
+	// acked holds the messages acked while a fetch was in flight (ID ->
+	// when the ack returned): that fetch may have claimed them before the
+	// ack ran in Redis, and must not hand them out again.
 	acked map[string]time.Time
 }
 
@@ -962,6 +963,7 @@ func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.Fe
 			NeedTop:    op.lastID == "",
 		}
 	}
+	c.fetching++ // until applyFetch
 	return reqs, ready[:n], nil
 }
 
@@ -970,6 +972,7 @@ func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.Fe
 func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult, sent time.Time) ([]*contracts.CMessage, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.fetching--
 	var msgs []*contracts.CMessage
 	var firstErr error
 	now := time.Now()
@@ -1286,13 +1289,17 @@ func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 		default:
 			c.stats.acked.Add(uint64(len(groups[k])))
 			if op, ok := c.parts[k.p]; ok {
-				now := time.Now()
-				if op.acked == nil {
+				// Only a fetch in flight now can have claimed these before
+				// the ack ran (a later one is sent after it returned).
+				now, racing := time.Now(), c.fetching > 0
+				if racing && op.acked == nil {
 					op.acked = make(map[string]time.Time)
 				}
 				for _, id := range groups[k] {
 					delete(op.inflight, id)
-					op.acked[id] = now
+					if racing {
+						op.acked[id] = now
+					}
 				}
 				if op.revoking {
 					c.wakeLoop() // it may be drained: hand it over now
