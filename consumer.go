@@ -212,6 +212,9 @@ type ownedPartition struct {
 	quiet      bool
 	quietUntil time.Time
 	inflight   map[string]time.Time // delivered, not yet acked: ID -> delivery time
+	// nacks counts Nack calls on the partition; sentNacks is its value
+	// when the fetch in flight was sent.
+	nacks, sentNacks uint64
 	// acked holds the messages acked while a fetch was in flight (ID ->
 	// when the ack returned): that fetch may have claimed them before the
 	// ack ran in Redis, and must not hand them out again.
@@ -839,7 +842,7 @@ func (c *Consumer) fetchOnce(ctx context.Context, limit func(int) int) (_ []*con
 	}
 	start := time.Now()
 	res := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, reqs)
-	msgs, err := c.applyFetch(parts, reqs, res, start)
+	msgs, err := c.applyFetch(parts, reqs, res, start, true)
 	c.releaseBroken()
 	if err == nil && len(msgs) > 0 && len(msgs) < c.batch {
 		// Partitions that filled their share may hold more: one more
@@ -889,7 +892,7 @@ func (c *Consumer) fillBatch(ctx context.Context, msgs []*contracts.CMessage, pa
 	// partition in this batch. It goes first in the next one.
 	sent := time.Now()
 	res2 := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, rebalance.NeverDue, reqs2)
-	more, err := c.applyFetch(parts2, reqs2, res2, sent)
+	more, err := c.applyFetch(parts2, reqs2, res2, sent, false)
 	if err != nil {
 		c.mu.Lock()
 		c.errs = append(c.errs, err) // for the next call
@@ -952,6 +955,7 @@ func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.Fe
 		if limit != nil {
 			count = min(count, caps[p])
 		}
+		op.sentNacks = op.nacks
 		reqs[i] = rebalance.FetchRequest{
 			LeaseKey:   c.leaseKeys[p],
 			StreamKey:  c.stream.keys[p],
@@ -968,8 +972,9 @@ func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.Fe
 }
 
 // applyFetch turns fetch results into messages and updates the partitions'
-// state. It returns the messages and the first error.
-func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult, sent time.Time) ([]*contracts.CMessage, error) {
+// state (dueChecked: the fetch looked for messages due for redelivery). It
+// returns the messages and the first error.
+func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult, sent time.Time, dueChecked bool) ([]*contracts.CMessage, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.fetching--
@@ -1010,7 +1015,14 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 			}
 			continue
 		}
-		if reqs[i].Cursor == "" && len(r.Deliveries) == 0 && r.NextCursor == "" {
+		if op.nacks != op.sentNacks {
+			// Nacked while this fetch was on its way: what it read stays
+			// pending, and the next fetch claims it all, the nacked
+			// messages first.
+			op.cursor, op.cursorIdle, op.quiet = "0-0", 0, false
+			continue
+		}
+		if dueChecked && reqs[i].Cursor == "" && len(r.Deliveries) == 0 && r.NextCursor == "" {
 			// Nothing was due in Redis when the fetch ran, so messages
 			// delivered a maxProcessingTime before it was sent are no longer
 			// pending: an ack whose reply was lost did succeed.
@@ -1032,9 +1044,16 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 		if n := len(r.Entries); n > 0 && newerID(r.Entries[n-1].ID, op.lastID) {
 			op.lastID = r.Entries[n-1].ID
 		}
+		if newerID(r.TopID, op.lastID) {
+			op.lastID = r.TopID
+		}
 		if len(r.Entries) == 0 {
-			if newerID(r.TopID, op.lastID) || op.lastID == "" {
-				op.lastID = r.TopID
+			if r.TopUnknown {
+				// The newest entry seen may be behind the last one (entries
+				// delivered before, by another owner): look it up (the
+				// scripts do) before waiting from it.
+				op.lastID = ""
+				continue
 			}
 			if r.NextCursor == "" && !r.More {
 				op.quiet, op.quietUntil = true, now.Add(c.quietFor())
@@ -1060,6 +1079,7 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 		// the claim.
 		for _, e := range r.Entries {
 			if at, held := op.inflight[e.ID]; r.Reclaimed && held && now.Before(at.Add(c.maxProc)) {
+				op.inflight[e.ID] = now // the claim reset its idle time in Redis
 				continue
 			}
 			if _, done := op.acked[e.ID]; done {
@@ -1331,6 +1351,7 @@ func (c *Consumer) Nack(msgs ...*contracts.CMessage) error {
 			continue // no longer ours: its next owner delivers it
 		}
 		delete(op.inflight, m.Id)
+		op.nacks++
 		op.cursor, op.cursorIdle, op.quiet = "0-0", 0, false
 		if op.revoking {
 			c.wakeLoop()

@@ -318,3 +318,120 @@ func TestRunPerKeyFailingBacklogOverHalfTheBoundDoesNotStallOtherKeys(t *testing
 		t.Fatal(err)
 	}
 }
+
+// duringFetch is a go-redis hook that runs fn once, while the next fetch
+// of a consumer is on its way (after it was prepared, before it runs).
+type duringFetch struct {
+	ff *fetchFault // only for its fetch recognition
+	fn atomic.Pointer[func()]
+}
+
+func (h *duringFetch) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *duringFetch) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *duringFetch) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if h.ff.isFetch(cmds) {
+			if fn := h.fn.Swap(nil); fn != nil {
+				(*fn)()
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// A Nack that races a fetch in flight still sends the nacked message
+// first: the fetch delivers nothing of that partition, and the next one
+// claims the nacked message before what the racing fetch read.
+func TestNackDuringAFetchStillComesFirst(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Client(t)
+	h := &duringFetch{ff: newFetchFault("A")}
+	rdb.AddHook(h)
+	seg := newSegmenter(t, redistest.Namespace(t), rdb)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("A"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := send(t, st, nil, msg("k", "0"))
+	held := drainUnacked(t, c, 1)
+	second := send(t, st, nil, msg("k", "1"))
+	nack := func() {
+		if err := c.Nack(held...); err != nil {
+			t.Error(err)
+		}
+	}
+	h.fn.Store(&nack)
+	var got []*contracts.CMessage
+	deadline := time.Now().Add(5 * time.Second)
+	for len(got) < 2 && time.Now().Before(deadline) {
+		m, err := c.Read(ctx, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, m...)
+	}
+	if h.fn.Load() != nil {
+		t.Fatal("no fetch ran: the test tested nothing")
+	}
+	if len(got) != 2 || got[0].Id != first[0] || got[1].Id != second[0] {
+		ids := make([]string, len(got))
+		for i, m := range got {
+			ids[i] = m.Id
+		}
+		t.Fatalf("after a Nack during a fetch: %v, want the nacked %s first, then %s", ids, first[0], second[0])
+	}
+	if err := c.Ack(ctx, got...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A consumer that took a partition over with an old message pending (the
+// newer ones acked by the previous owner) waits for new entries after the
+// last one, instead of fetching again and again from the old message.
+func TestIdleReadAfterATakeoverDoesNotSpin(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	rdbA, cutA := gatedClient(t)
+	segA := newSegmenter(t, ns, rdbA)
+	st, err := segA.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, st, nil, msg("k1", "1"), msg("k2", "2"), msg("k3", "3"))
+	a, err := segA.RegisterConsumer(ctx, "s", "g", 10, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := drainUnacked(t, a, 3)
+	if err := a.Ack(ctx, got[1:]...); err != nil {
+		t.Fatal(err)
+	}
+	cutA.closed.Store(true) // A is gone with message 1 pending
+	rdbB := redistest.Client(t)
+	ff := newFetchFault("B")
+	rdbB.AddHook(ff)
+	b, err := newSegmenter(t, ns, rdbB).RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("B"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := drainUnacked(t, b, 1)
+	if m[0].Id != got[0].Id {
+		t.Fatalf("B got %s, want the pending %s", m[0].Id, got[0].Id)
+	}
+	before := ff.fetches.Load()
+	if idle, err := b.Read(ctx, time.Second); len(idle) != 0 || err != nil {
+		t.Fatalf("idle Read: %v %v", idle, err)
+	}
+	// A handful at most (the wait's own look at the partition): a busy
+	// loop makes hundreds.
+	if n := ff.fetches.Load() - before; n > 10 {
+		t.Fatalf("an idle Read of 1s ran %d fetches", n)
+	}
+	if err := b.Ack(ctx, m...); err != nil {
+		t.Fatal(err)
+	}
+}

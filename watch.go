@@ -23,16 +23,17 @@ import (
 type entryWatcher struct {
 	seg *Segmenter
 
-	mu      sync.Mutex
-	subs    map[*Consumer]map[string]string // consumer -> stream key -> from ID
-	armed   map[string]string               // the XREAD in flight: key -> from ID
-	seq     uint64                          // counts the XREADs sent
-	id      int64                           // the connection's client ID (0: unknown)
-	noUnblk bool                            // CLIENT UNBLOCK was refused
-	running bool
-	closed  bool
-	wake    chan struct{} // a subscription came while none was armed
-	wg      sync.WaitGroup
+	mu       sync.Mutex
+	subs     map[*Consumer]map[string]string // consumer -> stream key -> from ID
+	armed    map[string]string               // the XREAD in flight: key -> from ID
+	seq      uint64                          // counts the XREADs sent
+	id       int64                           // the connection's client ID (0: unknown)
+	noUnblk  bool                            // CLIENT UNBLOCK was refused
+	running  bool
+	retrying bool // a goroutine retries a CLIENT UNBLOCK
+	closed   bool
+	wake     chan struct{} // a subscription came while none was armed
+	wg       sync.WaitGroup
 }
 
 // watchBlock bounds one XREAD of the watcher; shortBlock when it cannot be
@@ -64,7 +65,8 @@ func (w *entryWatcher) watch(ctx context.Context, c *Consumer, from map[int]stri
 		sub[c.stream.keys[p]] = id
 	}
 	w.mu.Lock()
-	if w.closed {
+	if w.closed || c.shutdownStarted.Load() {
+		// (Shutdown's unwatch may have run already: no stale subscription.)
 		w.mu.Unlock()
 		return
 	}
@@ -105,35 +107,63 @@ func (w *entryWatcher) watch(ctx context.Context, c *Consumer, from map[int]stri
 
 // rearm unblocks the XREAD number seq so that it starts again with the
 // current subscriptions. An XREAD still on its way to Redis cannot be
-// unblocked yet: try a few times.
+// unblocked yet: then a goroutine of the watcher tries again, for a while,
+// and the caller goes on.
 func (w *entryWatcher) rearm(ctx context.Context, seq uint64, id int64) {
-	for range 20 {
-		n, err := w.seg.rdb.ClientUnblock(ctx, id).Result()
-		if err != nil {
-			if redis.HasErrorPrefix(err, "NOPERM") || redis.HasErrorPrefix(err, "ERR unknown") {
-				w.mu.Lock()
-				w.noUnblk = true
-				w.mu.Unlock()
-			}
-			return
-		}
-		if n == 1 {
-			return
-		}
-		w.mu.Lock()
-		pending := w.armed != nil && w.seq == seq
-		w.mu.Unlock()
-		if !pending {
-			return // it returned: the next XREAD has the new set
-		}
-		t := time.NewTimer(200 * time.Microsecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
+	if w.unblock(ctx, seq, id) {
+		return
 	}
+	w.mu.Lock()
+	if w.retrying || w.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.retrying = true
+	w.wg.Add(1)
+	w.mu.Unlock()
+	go func() {
+		defer w.wg.Done()
+		defer func() {
+			w.mu.Lock()
+			w.retrying = false
+			w.mu.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		for d := 100 * time.Microsecond; ; d = min(2*d, 20*time.Millisecond) {
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			if w.unblock(ctx, seq, id) {
+				return
+			}
+		}
+	}()
+}
+
+// unblock sends CLIENT UNBLOCK for the XREAD number seq; it reports whether
+// nothing more is to be done (unblocked, returned meanwhile, or refused).
+func (w *entryWatcher) unblock(ctx context.Context, seq uint64, id int64) bool {
+	w.mu.Lock()
+	pending := w.armed != nil && w.seq == seq
+	w.mu.Unlock()
+	if !pending {
+		return true // it returned: the next XREAD has the new set
+	}
+	n, err := w.seg.rdb.ClientUnblock(ctx, id).Result()
+	if err != nil {
+		if redis.HasErrorPrefix(err, "NOPERM") || redis.HasErrorPrefix(err, "ERR unknown") {
+			w.mu.Lock()
+			w.noUnblk = true
+			w.mu.Unlock()
+		}
+		return ctx.Err() != nil || err != nil
+	}
+	return n == 1
 }
 
 // unwatch drops c's subscription; the last one lets the goroutine end (and
@@ -266,20 +296,39 @@ func (w *entryWatcher) pause(d time.Duration) {
 	}
 }
 
-// close stops the watcher and waits for its goroutine.
+// close stops the watcher and waits for its goroutines.
 func (w *entryWatcher) close() {
 	w.mu.Lock()
 	w.closed = true
-	pending, id := w.armed != nil, w.id
 	w.mu.Unlock()
 	select {
 	case w.wake <- struct{}{}:
 	default:
 	}
-	if pending && id != 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = w.seg.rdb.ClientUnblock(ctx, id).Err()
-		cancel()
+	// Unblock the XREAD, also one still on its way to Redis (for a while:
+	// else it ends by itself within its block).
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for d := 100 * time.Microsecond; ; d = min(2*d, 20*time.Millisecond) {
+		w.mu.Lock()
+		running, pending, seq, id := w.running, w.armed != nil, w.seq, w.id
+		unblock := !w.noUnblk && id != 0
+		w.mu.Unlock()
+		if !running || !unblock {
+			break
+		}
+		if pending && w.unblock(ctx, seq, id) {
+			break
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		if ctx.Err() != nil {
+			break
+		}
 	}
 	w.wg.Wait()
 }

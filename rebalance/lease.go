@@ -156,12 +156,17 @@ type FetchResult struct {
 	// Trimmed lists pending entries that no longer exist in the stream
 	// (trimmed by retention before they were acked): lost messages.
 	Trimmed []string
-	// TopID is the partition's last entry ID when nothing was returned, the
-	// position to wait from for new entries.
+	// TopID is the partition's last entry ID when no new entry was read and
+	// the partition is drained for now: the position to wait from for new
+	// entries.
 	TopID string
 	// More: the read stopped short (entries meant for other groups took
 	// its room); entries may follow at once.
 	More bool
+	// TopUnknown: nothing was read and TopID was not looked up (a native
+	// read): the caller's position to wait from may be behind the
+	// partition's last entry.
+	TopUnknown bool
 	// Reclaimed: the entries came from a claim of the whole pending list
 	// (after a takeover, a Nack, or a read whose reply was lost, which the
 	// fetch detects by its FetchID): they include messages the caller
@@ -178,7 +183,7 @@ const NeverDue = time.Duration(1<<63 - 1)
 // first, before any new message of their partition. On a single Redis node,
 // reads with no claim to do run natively (see native.go).
 func Fetch(ctx context.Context, rdb redis.Cmdable, owner, group string, redeliverAfter time.Duration, reqs []FetchRequest) []FetchResult {
-	if native(rdb) && len(reqs) > 0 && nativeFetchable(reqs) {
+	if len(reqs) > 0 && nativeFetchable(reqs) && native(ctx, rdb) {
 		res, err := fetchNative(ctx, rdb, owner, group, redeliverAfter, reqs)
 		switch {
 		case err == nil:
@@ -293,7 +298,7 @@ const maxAckIDs = 1000
 // lost). XACK is idempotent, so an ack whose reply was lost may be sent
 // again.
 func Ack(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs []AckRequest) []AckResult {
-	if native(rdb) && len(reqs) > 0 {
+	if len(reqs) > 0 && native(ctx, rdb) {
 		if res, err := ackNative(ctx, rdb, owner, group, reqs); err == nil {
 			return res
 		}
@@ -305,7 +310,7 @@ func Ack(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs []Ack
 
 // ackScripts is Ack through the scripts.
 func ackScripts(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs []AckRequest) []AckResult {
-	if native(rdb) && len(reqs) > 1 {
+	if _, single := rdb.(*redis.Client); single && len(reqs) > 1 {
 		return ackMany(ctx, rdb, owner, group, reqs)
 	}
 	var b batch

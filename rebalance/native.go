@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,10 +63,42 @@ func mustRead(name string) string {
 	return strings.Join(out, "\n")
 }
 
-// native reports whether rdb runs the native path: one Redis node.
-func native(rdb redis.Cmdable) bool {
-	_, ok := rdb.(*redis.Client)
-	return ok && !scriptsOnly.Load()
+// native reports whether rdb runs the native path: a client of one Redis
+// node whose EVAL works. EVAL is probed once per client (an ACL may allow
+// EVALSHA but not EVAL: the guard would then never run); a client whose
+// guard ever failed to run yet saw its EXEC run keeps to the scripts.
+func native(ctx context.Context, rdb redis.Cmdable) bool {
+	c, ok := rdb.(*redis.Client)
+	if !ok || scriptsOnly.Load() {
+		return false
+	}
+	if v, ok := nativeClients.Load(c); ok {
+		return v.(bool)
+	}
+	// Probed lazily, on the caller's goroutine: a plain EVAL that writes
+	// nothing. A failure that says nothing of EVAL (a network error) is
+	// not remembered.
+	err := c.Eval(ctx, "return 1", nil).Err()
+	switch {
+	case err == nil:
+		nativeClients.Store(c, true)
+		return true
+	case redis.HasErrorPrefix(err, "NOPERM") || redis.HasErrorPrefix(err, "ERR unknown command"):
+		nativeClients.Store(c, false)
+	}
+	return false
+}
+
+// nativeClients remembers, per *redis.Client, whether it runs the native
+// path.
+var nativeClients sync.Map
+
+// disableNative keeps rdb to the scripts from now on (the caller's error
+// says why).
+func disableNative(rdb redis.Cmdable) {
+	if c, ok := rdb.(*redis.Client); ok {
+		nativeClients.Store(c, false)
+	}
 }
 
 // scriptsOnly turns the native path off (tests of the scripts' own paths).
@@ -84,8 +117,10 @@ var errUnknown = errors.New("native: outcome unknown")
 // another error) when it may have: the caller then uses the scripts, and
 // after errUnknown or another error claims the pending lists first.
 //
-// Only the first lease carries the retry marker (the fetch id): a retried
-// call that finds it there knows its first run read, for every partition.
+// Every lease gets the retry marker (the fetch id), as with fetch.lua: a
+// retried call that finds it knows its first run read every partition, and
+// one whose fallback runs the scripts (a lease moved meanwhile) has each
+// partition's marker checked by fetch.lua.
 func fetchNative(ctx context.Context, rdb redis.Cmdable, owner, group string, redeliverAfter time.Duration, reqs []FetchRequest) ([]FetchResult, error) {
 	n := len(reqs)
 	keys := make([]any, 0, 1+n)
@@ -123,7 +158,9 @@ func fetchNative(ctx context.Context, rdb redis.Cmdable, owner, group string, re
 	pipe.Do(ctx, keys...)
 	guard := pipe.Eval(ctx, guardFetch, gkeys, gargs...)
 	pipe.Do(ctx, "MULTI")
-	pipe.Do(ctx, "HSET", reqs[0].LeaseKey, "r", id)
+	for _, r := range reqs {
+		pipe.Do(ctx, "HSET", r.LeaseKey, "r", id)
+	}
 	for _, c := range counts {
 		idx := byCount[c]
 		a := make([]any, 0, 7+2*len(idx))
@@ -150,15 +187,17 @@ func fetchNative(ctx context.Context, rdb redis.Cmdable, owner, group string, re
 		return nil, errAborted
 	}
 	if g, gerr := guard.Slice(); gerr != nil || len(g) == 0 || num(g[0]) != 1 {
-		// The guard failed or refused, yet the EXEC ran: it cannot have
-		// (a refusal writes a lease), unless the lease key is not a hash.
+		// The guard did not run (refused), yet the EXEC ran unchecked (a
+		// refusal by the guard writes a lease, which aborts it). Never
+		// again on this client; the read's outcome is unknown.
+		disableNative(rdb)
 		return nil, fmt.Errorf("%w: guard %v %v, and the read ran", errUnknown, g, gerr)
 	}
-	if len(v) != 1+len(counts) {
-		return nil, fmt.Errorf("%w: EXEC returned %d replies for %d commands", errUnknown, len(v), 1+len(counts))
+	if len(v) != n+len(counts) {
+		return nil, fmt.Errorf("%w: EXEC returned %d replies for %d commands", errUnknown, len(v), n+len(counts))
 	}
 	got := make(map[string][]Entry, n)
-	for _, x := range v[1:] {
+	for _, x := range v[n:] {
 		if err := parseReadGroup(x, got); err != nil {
 			return nil, fmt.Errorf("%w: %v", errUnknown, err)
 		}
@@ -179,6 +218,8 @@ func fetchNative(ctx context.Context, rdb redis.Cmdable, owner, group string, re
 			kept = append(kept, e)
 		}
 		out[i].Entries = kept
+		// A read finds the partition's last entry only when it reads one.
+		out[i].TopUnknown = len(entries) == 0
 		if len(other) > 0 {
 			skipped = append(skipped, AckRequest{LeaseKey: r.LeaseKey, StreamKey: r.StreamKey, Epoch: r.Epoch, IDs: other})
 			if len(kept) == 0 {
@@ -280,7 +321,7 @@ func ackNative(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs
 	}
 	pipe := rdb.Pipeline()
 	pipe.Do(ctx, watch...)
-	pipe.Eval(ctx, guardAck, keys, args...)
+	guard := pipe.Eval(ctx, guardAck, keys, args...)
 	pipe.Do(ctx, "MULTI")
 	for _, r := range reqs {
 		a := make([]any, 0, 3+len(r.IDs))
@@ -298,6 +339,10 @@ func ackNative(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs
 			return nil, errAborted
 		}
 		return nil, err
+	}
+	if g, gerr := guard.Slice(); gerr != nil || len(g) == 0 || num(g[0]) != 1 {
+		disableNative(rdb)
+		return nil, fmt.Errorf("native ack: guard %v %v, and the ack ran", g, gerr)
 	}
 	if len(v) != n {
 		return nil, fmt.Errorf("native ack: EXEC returned %d replies for %d commands", len(v), n)

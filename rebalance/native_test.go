@@ -2,6 +2,8 @@ package rebalance_test
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,5 +124,104 @@ func TestNativeReadAbortedByARenewalStillReads(t *testing.T) {
 	}
 	if n, _ := f.rdb.XPending(f.ctx, f.stream, f.group).Result(); n.Count != 3 {
 		t.Fatalf("%d pending, want 3", n.Count)
+	}
+}
+
+// loseFirstReply runs the next native pipeline, loses its reply, lets
+// between act, and runs the very same pipeline again, as go-redis does
+// after a lost reply (its retry).
+type loseFirstReply struct {
+	between func()
+	done    bool
+}
+
+func (h *loseFirstReply) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *loseFirstReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *loseFirstReply) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if h.done || len(cmds) < 3 || cmds[0].Name() != "watch" {
+			return next(ctx, cmds)
+		}
+		h.done = true
+		_ = next(ctx, cmds) // the reply is lost
+		h.between()
+		return next(ctx, cmds)
+	}
+}
+
+// A native read of two partitions ran but its reply was lost; before the
+// retry, the first partition's lease moved. The retry is refused, and the
+// second partition must still deliver the batch the lost run read, first.
+func TestNativeReadRetriedAfterALeaseMovedLosesNoBatch(t *testing.T) {
+	f, g := newFixture(t), newFixture(t)
+	f.add(t, 3)
+	sent := g.add(t, 6)
+	a := f.acquire(t, "A", time.Minute)
+	ga := g.acquire(t, "A", time.Minute)
+	h := &loseFirstReply{between: func() {
+		if err := f.rdb.HSet(f.ctx, f.lease, "o", "B", "e", a.Epoch+1).Err(); err != nil {
+			t.Error(err)
+		}
+	}}
+	rdb := oneConnClient(t, h)
+	res := rebalance.Fetch(f.ctx, rdb, "A", f.group, time.Hour, []rebalance.FetchRequest{
+		{LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch, Count: 3, FetchID: "X"},
+		{LeaseKey: g.lease, StreamKey: g.stream, Epoch: ga.Epoch, Count: 3, FetchID: "X"},
+	})
+	if !h.done {
+		t.Fatal("the read did not take the native path")
+	}
+	if !res[0].Fenced {
+		t.Fatalf("the partition whose lease moved: %+v, want fenced", res[0])
+	}
+	if got := ids(res[1]); !slices.Equal(got, sent[:3]) {
+		t.Fatalf("the other partition delivered %v, want the lost run's %v first", got, sent[:3])
+	}
+}
+
+// A client that may not EVAL (an ACL allowing EVALSHA) would run the
+// native transaction without its guard: it keeps to the scripts.
+func TestNativePathIsNotTakenWithoutEVAL(t *testing.T) {
+	f := newFixture(t)
+	f.add(t, 3)
+	a := f.acquire(t, "A", time.Minute)
+	// Load every script (EVALSHA works for the restricted user then).
+	_ = rebalance.Fetch(f.ctx, f.rdb, "A", f.group, time.Hour, []rebalance.FetchRequest{{
+		LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch, Count: 1, FetchID: "load", Cursor: "0-0",
+	}})
+	if err := f.rdb.XGroupSetID(f.ctx, f.stream, f.group, "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.rdb.XGroupDelConsumer(f.ctx, f.stream, f.group, "A").Err(); err != nil {
+		t.Fatal(err)
+	}
+	user := "noeval-" + strings.ReplaceAll(f.group+f.lease, ":", "")
+	if len(user) > 60 {
+		user = user[:60]
+	}
+	if err := f.rdb.Do(f.ctx, "ACL", "SETUSER", user, "reset", "on", ">pw", "+@all", "-eval", "~*", "&*").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.rdb.Do(context.Background(), "ACL", "DELUSER", user) })
+	opt := f.rdb.Options()
+	opt.Username, opt.Password = user, "pw"
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { _ = rdb.Close() })
+	// The lease is B's now: A must be fenced, and read nothing.
+	if err := f.rdb.HSet(f.ctx, f.lease, "o", "B", "e", a.Epoch+1).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r := rebalance.Fetch(f.ctx, rdb, "A", f.group, time.Hour, []rebalance.FetchRequest{{
+		LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch, Count: 10, FetchID: "1",
+	}})[0]
+	if !r.Fenced {
+		t.Fatalf("read under another's lease without EVAL: %+v, want fenced", r)
+	}
+	if n, _ := f.rdb.XPending(f.ctx, f.stream, f.group).Result(); n.Count != 0 {
+		t.Fatalf("%d entries went pending under the lost lease", n.Count)
+	}
+	ack := rebalance.Ack(f.ctx, rdb, "A", f.group, []rebalance.AckRequest{{LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch, IDs: []string{"1-1"}}})[0]
+	if !ack.Fenced {
+		t.Fatalf("ack under another's lease without EVAL: %+v, want fenced", ack)
 	}
 }

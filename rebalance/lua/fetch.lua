@@ -11,8 +11,8 @@
 -- Reply: {0} fenced |
 --   {1, entries, next_cursor, trimmed_ids, counts, top_id, claim_idle, whole}
 --   entries: {{id, {field, value, ...}}, ...}; counts: {id, deliveries, ...}
---   for claimed entries; top_id: the partition's last entry id when nothing
---   was found ('' otherwise); claim_idle: the min idle of the claim that
+--   for claimed entries; top_id: the partition's last entry id when no new
+--   entry was read and the partition is drained ('' otherwise); claim_idle: the min idle of the claim that
 --   next_cursor continues; whole: 1 when this call claimed from the whole
 --   pending list (idle 0), which holds messages the caller may still be
 --   processing, 0 otherwise.
@@ -126,6 +126,7 @@ if read_new and claimed then
   if due then read_new = false end
 end
 local skipped_to -- the last entry read and skipped (meant for another group)
+local new_read = 0 -- entries read for the first time
 if read_new then
   -- Entries skipped leave room in the batch: read on.
   local rounds = 0
@@ -136,18 +137,26 @@ if read_new then
     if not r then break end
     local skipped = false
     for _, e in ipairs(r[1][2]) do
-      if for_other(e) then skipped, skipped_to = true, e[1] else table.insert(entries, e) end
+      if for_other(e) then
+        skipped, skipped_to = true, e[1]
+      else
+        table.insert(entries, e); new_read = new_read + 1
+      end
     end
     if not skipped then break end
   end
 end
 
+-- The position to wait from when the partition is drained for now and no
+-- new entry was read (the claimed ones can be far behind the last entry).
 local top = ''
-if #entries == 0 and skipped_to then
-  top = skipped_to -- entries may follow it, unread: wait from there
-elseif #entries == 0 then
-  local t = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-  if #t > 0 then top = t[1][1] else top = '0-0' end
+if new_read == 0 and next_cursor == '' and #entries < count then
+  if skipped_to then
+    top = skipped_to -- entries may follow it, unread: wait from there
+  else
+    local t = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+    if #t > 0 then top = t[1][1] else top = '0-0' end
+  end
 end
 local whole = 0
 if claimed and claim_idle == '0' then whole = 1 end

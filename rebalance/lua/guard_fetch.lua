@@ -5,8 +5,8 @@
 -- check to the read. Sent with EVAL, never EVALSHA: a script that did not
 -- run (NOSCRIPT) would let the read through unfenced.
 -- KEYS: lease 1..n, then stream 1..n. ARGV: owner, group, redelivery idle
--- ms ('' = none), fetch id (the retry marker, on the first lease only), then
--- the epoch of each lease.
+-- ms ('' = none), fetch id (the retry marker each lease gets), then the
+-- epoch of each lease.
 -- Reply: {1} all clear | {0, i, why} aborted at partition i, why one of
 -- 'fenced', 'retry' (the previous fetch was this one: its reply was lost),
 -- 'due' (a pending message is due for redelivery), 'error'.
@@ -19,7 +19,7 @@ for i = 1, n do
     why = 'error'
   elseif l[1] ~= owner or l[2] ~= ARGV[4 + i] then
     why = 'fenced'
-  elseif i == 1 and l[3] == ARGV[4] then
+  elseif l[3] == ARGV[4] then
     why = 'retry'
   elseif idle ~= '' then
     local p = redis.pcall('XPENDING', KEYS[n + i], group, 'IDLE', idle, '-', '+', 1)
