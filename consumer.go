@@ -211,6 +211,7 @@ type ownedPartition struct {
 	// sees a new entry in it, a message of it comes due, or quietUntil.
 	quiet      bool
 	quietUntil time.Time
+	news       bool // the watcher saw an entry after lastID (cleared by the next fetch)
 	inflight   map[string]time.Time // delivered, not yet acked: ID -> delivery time
 	// nacks counts Nack calls on the partition; sentNacks is its value
 	// when the fetch in flight was sent.
@@ -1047,11 +1048,14 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 		if newerID(r.TopID, op.lastID) {
 			op.lastID = r.TopID
 		}
+		news := op.news
+		op.news = false
 		if len(r.Entries) == 0 {
-			if r.TopUnknown {
-				// The newest entry seen may be behind the last one (entries
-				// delivered before, by another owner): look it up (the
-				// scripts do) before waiting from it.
+			if r.TopUnknown && news {
+				// The watcher saw an entry after the newest one seen, yet
+				// nothing was there to read: entries delivered before (by
+				// another owner) lie between. Look the last entry up (the
+				// scripts do) before waiting from it again.
 				op.lastID = ""
 				continue
 			}
@@ -1165,7 +1169,7 @@ func (c *Consumer) entriesArrived(keys []string) {
 	c.mu.Lock()
 	for _, k := range keys {
 		if op, ok := c.parts[c.stream.partitionOfKey(k)]; ok {
-			op.quiet = false
+			op.quiet, op.news = false, true
 		}
 	}
 	c.mu.Unlock()
