@@ -211,7 +211,7 @@ type ownedPartition struct {
 	// sees a new entry in it, a message of it comes due, or quietUntil.
 	quiet      bool
 	quietUntil time.Time
-	news       bool // the watcher saw an entry after lastID (cleared by the next fetch)
+	news       bool                 // the watcher saw an entry after lastID (cleared by the next fetch)
 	inflight   map[string]time.Time // delivered, not yet acked: ID -> delivery time
 	// nacks counts Nack calls on the partition; sentNacks is its value
 	// when the fetch in flight was sent.
