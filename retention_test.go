@@ -321,20 +321,25 @@ func TestCheckRetentionOnADeletedPartitionIsErrGroupNotFound(t *testing.T) {
 	ns := redistest.Namespace(t)
 	rdb := redistest.Client(t)
 	seg := newSegmenter(t, ns, rdb)
-	if _, err := seg.RegisterStream(ctx, "s", 1, 10); err != nil {
+	// Three partitions: one check covers them all; only the deleted one
+	// fails.
+	if _, err := seg.RegisterStream(ctx, "s", 3, 10); err != nil {
 		t.Fatal(err)
 	}
 	c, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := rdb.Del(ctx, keyspace.New(ns).Partition("s", 0)).Err(); err != nil {
+	if err := rdb.Del(ctx, keyspace.New(ns).Partition("s", 1)).Err(); err != nil {
 		t.Fatal(err)
 	}
 	err = c.CheckRetention(ctx)
 	var pe *segmenter.PartitionError
-	if !errors.Is(err, segmenter.ErrGroupNotFound) || !errors.As(err, &pe) || pe.Partition != 0 {
+	if !errors.Is(err, segmenter.ErrGroupNotFound) || !errors.As(err, &pe) || pe.Partition != 1 {
 		t.Fatalf("CheckRetention on a deleted partition: %v, want a PartitionError wrapping ErrGroupNotFound", err)
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok && len(j.Unwrap()) != 1 {
+		t.Fatalf("CheckRetention: %v, want the deleted partition's error only", err)
 	}
 }
 

@@ -28,7 +28,6 @@ type Group struct {
 }
 
 // Errors of Rebalance.
-var renewManyScript = load("renew_many")
 
 var (
 	// ErrCoordinatorBusy means another member holds the coordinator lock:
@@ -74,32 +73,32 @@ type TickResult struct {
 	Grants  []Grant
 }
 
-// RunTick runs t in one pipelined round trip.
+// RunTick runs t in one pipelined round trip. On a single Redis node the
+// heartbeat and the renewal of every lease are one script call.
 func RunTick(ctx context.Context, rdb redis.Cmdable, t Tick) TickResult {
 	var b batch
-	var hb *call
-	if t.Heartbeat {
-		hb = b.add(heartbeatScript, []string{t.Group.Members, t.Group.Assignment},
-			t.Member, t.Session.Milliseconds(), strconv.FormatInt(t.KnownGen, 10), t.KnownInc)
-	}
-	// One script renews every lease on a single node; a cluster spreads the
-	// leases over slots, one script each.
 	_, single := rdb.(*redis.Client)
-	renew := make([]*call, len(t.Renew))
-	var renewAll *call
-	if single && len(t.Renew) > 1 {
-		keys := make([]string, len(t.Renew))
-		args := make([]any, 0, 2+len(t.Renew))
-		args = append(args, t.Member, t.Session.Milliseconds())
-		for i, h := range t.Renew {
-			keys[i] = h.Key
-			args = append(args, strconv.FormatInt(h.Epoch, 10))
+	beatKeys := []string{t.Group.Members, t.Group.Assignment}
+	beatArgs := []any{t.Member, t.Session.Milliseconds(), strconv.FormatInt(t.KnownGen, 10), t.KnownInc, "0"}
+	if t.Heartbeat {
+		beatArgs[4] = "1"
+	}
+	var renew []*call
+	if single {
+		for _, h := range t.Renew {
+			beatKeys = append(beatKeys, h.Key)
+			beatArgs = append(beatArgs, strconv.FormatInt(h.Epoch, 10))
 		}
-		renewAll = b.add(renewManyScript, keys, args...)
 	} else {
+		// A cluster spreads the leases over slots: one script each.
+		renew = make([]*call, len(t.Renew))
 		for i, h := range t.Renew {
 			renew[i] = b.add(renewScript, []string{h.Key}, t.Member, strconv.FormatInt(h.Epoch, 10), t.Session.Milliseconds())
 		}
+	}
+	var hb *call
+	if t.Heartbeat || single && len(t.Renew) > 0 {
+		hb = b.add(heartbeatScript, beatKeys, beatArgs...)
 	}
 	acq := make([]*call, len(t.Acquire))
 	for i, k := range t.Acquire {
@@ -108,30 +107,29 @@ func RunTick(ctx context.Context, rdb redis.Cmdable, t Tick) TickResult {
 	b.exec(ctx, rdb)
 
 	var res TickResult
+	var renewed []any
 	if hb != nil {
-		res.Beat = parseBeat(hb.cmd)
+		res.Beat, renewed = parseBeat(hb.cmd)
 	}
-	res.Renewed = make([]Outcome, len(renew))
-	if renewAll != nil {
-		v, err := renewAll.cmd.Slice()
-		for i := range res.Renewed {
-			switch {
-			case err != nil:
-				res.Renewed[i].Err = err
-			case len(v) != len(renew):
-				res.Renewed[i].Err = fmt.Errorf("renew: unexpected reply %v", v)
-			default:
-				res.Renewed[i].Fenced = num(v[i]) != 1
-			}
-		}
-	} else {
-		for i, c := range renew {
-			res.Renewed[i] = parseRenew(c.cmd)
+	res.Renewed = make([]Outcome, len(t.Renew))
+	for i := range res.Renewed {
+		switch {
+		case !single:
+			res.Renewed[i] = parseRenew(renew[i].cmd)
+		case res.Beat.Err != nil:
+			res.Renewed[i].Err = res.Beat.Err
+		case len(renewed) != len(t.Renew):
+			res.Renewed[i].Err = fmt.Errorf("renew: unexpected reply %v", renewed)
+		default:
+			res.Renewed[i].Fenced = num(renewed[i]) != 1
 		}
 	}
 	res.Grants = make([]Grant, len(acq))
 	for i, c := range acq {
 		res.Grants[i] = parseGrant(c.cmd)
+	}
+	if !t.Heartbeat {
+		res.Beat = Beat{}
 	}
 	return res
 }
@@ -148,19 +146,21 @@ func parseRenew(cmd *redis.Cmd) Outcome {
 	}
 }
 
-func parseBeat(cmd *redis.Cmd) Beat {
+// parseBeat returns the heartbeat's outcome and the renewal outcomes it
+// carries.
+func parseBeat(cmd *redis.Cmd) (Beat, []any) {
 	v, err := cmd.Slice()
 	if err != nil {
-		return Beat{Err: err}
+		return Beat{Err: err}, nil
 	}
-	if len(v) != 5 {
-		return Beat{Err: fmt.Errorf("heartbeat: unexpected reply %v", v)}
+	if len(v) != 6 {
+		return Beat{Err: fmt.Errorf("heartbeat: unexpected reply %v", v)}, nil
 	}
 	parts, err := parsePartitions(str(v[2]))
 	if err != nil {
-		return Beat{Err: err}
+		return Beat{Err: err}, nil
 	}
-	return Beat{Gen: num(v[0]), NeedRebalance: num(v[1]) == 1, Partitions: parts, InAssignment: num(v[3]) == 1, Incarnation: str(v[4])}
+	return Beat{Gen: num(v[0]), NeedRebalance: num(v[1]) == 1, Partitions: parts, InAssignment: num(v[3]) == 1, Incarnation: str(v[4])}, asSlice(v[5])
 }
 
 func parsePartitions(s string) ([]int, error) {

@@ -152,6 +152,9 @@ func CheckUnread(ctx context.Context, rdb redis.Cmdable, streamKey, group string
 // in one round trip. With a ReportKey, a request also records the loss in it
 // and returns the part not reported before as New.
 func CheckUnreadAll(ctx context.Context, rdb redis.Cmdable, group string, reqs []UnreadRequest) []UnreadResult {
+	if _, single := rdb.(*redis.Client); single && len(reqs) > 1 && allReported(reqs) {
+		return checkUnreadMany(ctx, rdb, group, reqs)
+	}
 	var b batch
 	calls := make([]*call, len(reqs))
 	for i, r := range reqs {
@@ -165,20 +168,64 @@ func CheckUnreadAll(ctx context.Context, rdb redis.Cmdable, group string, reqs [
 	out := make([]UnreadResult, len(reqs))
 	for i, c := range calls {
 		v, err := c.cmd.Slice()
-		switch {
-		case err != nil:
+		out[i] = parseUnread(v, err)
+	}
+	return out
+}
+
+func allReported(reqs []UnreadRequest) bool {
+	for _, r := range reqs {
+		if r.ReportKey == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// checkUnreadMany runs every request in one script call: a single Redis
+// node only (the keys live in different cluster slots).
+func checkUnreadMany(ctx context.Context, rdb redis.Cmdable, group string, reqs []UnreadRequest) []UnreadResult {
+	keys := make([]string, 0, 2*len(reqs))
+	for _, r := range reqs {
+		keys = append(keys, r.StreamKey, r.ReportKey)
+	}
+	var b batch
+	c := b.add(retentionScript, keys, group, unreadScanCap, "many")
+	b.exec(ctx, rdb)
+	v, err := c.cmd.Slice()
+	if err == nil && len(v) != len(reqs) {
+		err = fmt.Errorf("check unread: unexpected reply of %d elements for %d partitions", len(v), len(reqs))
+	}
+	out := make([]UnreadResult, len(reqs))
+	for i := range out {
+		if err != nil {
 			out[i].Err = err
-		case len(v) != 6:
-			out[i].Err = fmt.Errorf("check unread: unexpected reply of %d elements", len(v))
-		default:
-			out[i].UnreadCheck = UnreadCheck{
-				Known:           num(v[0]) == 1,
-				Lost:            num(v[1]),
-				New:             num(v[2]),
-				LastDeliveredID: str(v[3]),
-				FirstID:         str(v[4]),
-				MaxDeletedID:    str(v[5]),
-			}
+			continue
+		}
+		if e, ok := v[i].(error); ok {
+			out[i].Err = e
+			continue
+		}
+		out[i] = parseUnread(asSlice(v[i]), nil)
+	}
+	return out
+}
+
+// parseUnread parses the reply of one partition's check.
+func parseUnread(v []any, err error) (out UnreadResult) {
+	switch {
+	case err != nil:
+		out.Err = err
+	case len(v) != 6:
+		out.Err = fmt.Errorf("check unread: unexpected reply of %d elements", len(v))
+	default:
+		out.UnreadCheck = UnreadCheck{
+			Known:           num(v[0]) == 1,
+			Lost:            num(v[1]),
+			New:             num(v[2]),
+			LastDeliveredID: str(v[3]),
+			FirstID:         str(v[4]),
+			MaxDeletedID:    str(v[5]),
 		}
 	}
 	return out

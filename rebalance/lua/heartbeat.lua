@@ -1,9 +1,15 @@
 -- heartbeat: KEYS[1] members (zset: member -> session expiry, ms server
--- time), KEYS[2] assignment (hash: gen, dirty, m:<member> -> "p,p,...").
--- ARGV: 1 member, 2 session timeout ms, 3 the generation the member knows,
---       4 the incarnation it belongs to.
+-- time), KEYS[2] assignment (hash: gen, dirty, m:<member> -> "p,p,...");
+-- then, on a single Redis node only (they live in other cluster slots), the
+-- leases the member holds, KEYS[3..], renewed in the same call as renew.lua
+-- would.
+-- ARGV: 1 member, 2 session timeout ms (also the lease TTL), 3 the
+--       generation the member knows, 4 the incarnation it belongs to, 5 '1'
+--       to heartbeat ('0': renew only, for a member that is leaving), 6..
+--       the epoch of each lease.
 -- Reply: {gen, need_rebalance, partitions (when gen or incarnation differs
---         from ARGV[3], ARGV[4]), in_assignment, incarnation}
+--         from ARGV[3], ARGV[4]), in_assignment, incarnation, renewed}
+--         renewed: {1 renewed | 0 fenced, ...} in the order of the leases.
 -- The incarnation changes when the assignment hash is created anew (e.g. a
 -- restart without persistence lost it): generations restart with it. A
 -- member that knows a newer generation of the same incarnation than the
@@ -14,6 +20,18 @@
 -- joined, or was evicted), when a member's session expired, or when a member
 -- left.
 local now = now_ms()
+local renewed = {}
+local until_ms = fmt(now + tonumber(ARGV[2]))
+for i = 3, #KEYS do
+  local l = redis.call('HMGET', KEYS[i], 'o', 'e')
+  if l[1] == ARGV[1] and l[2] == ARGV[i + 3] then
+    redis.call('HSET', KEYS[i], 'x', until_ms)
+    renewed[i - 2] = 1
+  else
+    renewed[i - 2] = 0
+  end
+end
+if ARGV[5] ~= '1' then return {'0', 0, '', 0, '', renewed} end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 local a = redis.call('HMGET', KEYS[2], 'gen', 'dirty', 'm:' .. ARGV[1], 'inc')
 local gen = a[1] or '0'
@@ -27,4 +45,4 @@ end
 if not a[3] or a[2] == '1' or redis.call('ZCOUNT', KEYS[1], '-inf', now) > 0 then need = 1 end
 local parts = ''
 if (gen ~= ARGV[3] or inc ~= ARGV[4]) and a[3] then parts = a[3] end
-return {gen, need, parts, a[3] and 1 or 0, a[4] or ''}
+return {gen, need, parts, a[3] and 1 or 0, a[4] or '', renewed}

@@ -1,7 +1,9 @@
 -- retention: how many entries of partition stream KEYS[1] were removed
 -- (trimmed by retention) before group ARGV[1] read them.
 -- KEYS[1] partition stream; KEYS[2] (optional) a hash where the loss already
--- reported is recorded, in field 'u'. ARGV: 1 group, 2 scan cap.
+-- reported is recorded, in field 'u'. ARGV: 1 group, 2 scan cap, 3 'many':
+-- then KEYS holds (stream, report hash) pairs of several partitions (a
+-- single Redis node only), and the reply is the list of their replies.
 --
 -- Trimming does not move the stream's max-deleted-entry-id (only XDEL does),
 -- so the loss is computed from the counters Redis 7.0+ keeps:
@@ -44,7 +46,8 @@ local function id_less(a, b)
   return tonumber(aseq) < tonumber(bseq)
 end
 
-local gs = redis.pcall('XINFO', 'GROUPS', KEYS[1])
+local function check(stream, report)
+local gs = redis.pcall('XINFO', 'GROUPS', stream)
 if type(gs) == 'table' and gs.err then return gs end
 local g
 for _, raw in ipairs(gs) do
@@ -52,9 +55,11 @@ for _, raw in ipairs(gs) do
   if f['name'] == group then g = f end
 end
 if not g then
-  return redis.error_reply('NOGROUP no group ' .. group .. ' on ' .. KEYS[1])
+  return redis.error_reply('NOGROUP no group ' .. group .. ' on ' .. stream)
 end
-local s = fields(redis.call('XINFO', 'STREAM', KEYS[1]))
+local info = redis.pcall('XINFO', 'STREAM', stream)
+if type(info) == 'table' and info.err then return info end
+local s = fields(info)
 local pos = g['last-delivered-id']
 local len = tonumber(s['length'])
 local first = ''
@@ -70,11 +75,11 @@ if entries_read then
   elseif id_less(pos, first) then
     unread = len
   else
-    local after = redis.call('XRANGE', KEYS[1], '(' .. pos, '+', 'COUNT', cap)
+    local after = redis.call('XRANGE', stream, '(' .. pos, '+', 'COUNT', cap)
     if #after < cap then
       unread = #after
     else
-      local upto = redis.call('XRANGE', KEYS[1], '-', pos, 'COUNT', cap)
+      local upto = redis.call('XRANGE', stream, '-', pos, 'COUNT', cap)
       if #upto < cap then unread = len - #upto end
     end
   end
@@ -85,9 +90,17 @@ if entries_read then
   end
 end
 
-if known == 1 and KEYS[2] then
-  local done = tonumber(redis.call('HGET', KEYS[2], 'u')) or 0
+if known == 1 and report then
+  local done = tonumber(redis.call('HGET', report, 'u')) or 0
   if lost > done then new = lost - done end
-  if lost ~= done then redis.call('HSET', KEYS[2], 'u', string.format('%d', lost)) end
+  if lost ~= done then redis.call('HSET', report, 'u', string.format('%d', lost)) end
 end
 return {known, lost, new, pos, first, max_deleted}
+end
+
+if ARGV[3] == 'many' then
+  local out = {}
+  for i = 1, #KEYS, 2 do out[#out + 1] = check(KEYS[i], KEYS[i + 1]) end
+  return out
+end
+return check(KEYS[1], KEYS[2])
