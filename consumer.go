@@ -526,10 +526,18 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 		KnownInc:  c.inc,
 		Heartbeat: !closing, // a leaving member must not rejoin
 	}
+	// A lease is renewed once half its validity is gone: a few heartbeats
+	// apart (each renewal extends it by a session), so that renewals that
+	// fail still leave several heartbeats to retry before the consumer
+	// stops delivering the partition (renewing at every heartbeat cost an
+	// idle group's Redis most of its load).
 	heldParts := make([]int, 0, len(c.parts))
+	renewBy := time.Now().Add(c.session() / 2)
 	for p, op := range c.parts {
-		t.Renew = append(t.Renew, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
-		heldParts = append(heldParts, p)
+		if op.validUntil.Before(renewBy) {
+			t.Renew = append(t.Renew, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
+			heldParts = append(heldParts, p)
+		}
 	}
 	var askParts []int
 	if !closing {
