@@ -45,11 +45,12 @@ type Config struct {
 	// its last heartbeat. Default 10s.
 	SessionTimeout time.Duration
 
-	// HeartbeatInterval is how often a consumer heartbeats, renews its
-	// leases and learns of a new assignment. Default 1s, or a third of
-	// SessionTimeout when that is shorter. At most half of SessionTimeout (a
-	// third or less is wise: a consumer stops delivering a partition on its
-	// own 4/5 of SessionTimeout after its last successful renewal).
+	// HeartbeatInterval is how often a consumer heartbeats, learns of a new
+	// assignment and renews the leases that have used half their validity.
+	// Default 1s, or a third of SessionTimeout when that is shorter. At most
+	// half of SessionTimeout (a third or less is wise: a consumer stops
+	// delivering a partition on its own 4/5 of SessionTimeout after its last
+	// successful renewal).
 	HeartbeatInterval time.Duration
 
 	// BlockInterval bounds one blocking wait of Consumer.Read for new
