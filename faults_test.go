@@ -357,7 +357,7 @@ func TestNackDuringAFetchStillComesFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := send(t, st, nil, msg("k", "0"))
-	held := drainUnacked(t, c, 1)
+	held := drainNoAck(t, c, nil, 1)
 	second := send(t, st, nil, msg("k", "1"))
 	nack := func() {
 		if err := c.Nack(held...); err != nil {
@@ -406,7 +406,7 @@ func TestIdleReadAfterATakeoverDoesNotSpin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := drainUnacked(t, a, 3)
+	got := drainNoAck(t, a, nil, 3)
 	if err := a.Ack(ctx, got[1:]...); err != nil {
 		t.Fatal(err)
 	}
@@ -418,7 +418,7 @@ func TestIdleReadAfterATakeoverDoesNotSpin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := drainUnacked(t, b, 1)
+	m := drainNoAck(t, b, nil, 1)
 	if m[0].Id != got[0].Id {
 		t.Fatalf("B got %s, want the pending %s", m[0].Id, got[0].Id)
 	}

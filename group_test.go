@@ -119,7 +119,7 @@ func TestJoinAndLeaveKeepBalanceAndOrder(t *testing.T) {
 		s := invariant.Summarize(rec.Events())
 		return s.Acked >= s.Sent
 	}
-	if !poll(30*time.Second, allAcked) {
+	if !redistest.Within(30*time.Second, allAcked) {
 		for _, w := range ws {
 			t.Logf("consumer %s holds %v, stats %+v", w.c.ID(), w.c.Assignment(), w.c.Stats())
 		}
@@ -129,27 +129,4 @@ func TestJoinAndLeaveKeepBalanceAndOrder(t *testing.T) {
 		w.stop()
 	}
 	checkLog(t, rec, invariant.Options{MaxProcessingTime: 10 * time.Second, RequireAllAcked: true})
-}
-
-// poll checks cond every few milliseconds until it holds, and reports
-// whether it did within timeout (for tests that explain a failure better
-// than redistest.Eventually can).
-func poll(timeout time.Duration, cond func() bool) bool {
-	if cond() {
-		return true
-	}
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-tick.C:
-			if cond() {
-				return true
-			}
-		case <-deadline.C:
-			return cond()
-		}
-	}
 }

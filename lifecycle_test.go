@@ -29,7 +29,7 @@ func TestConcurrentShutdownHonoursEachContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	send(t, st, nil, msg("k", "0"))
-	msgs := drainUnacked(t, c, 1)
+	msgs := drainNoAck(t, c, nil, 1)
 	// The first Shutdown waits for the message in flight (maxProcessingTime
 	// is a minute).
 	first := make(chan error, 1)
@@ -64,24 +64,6 @@ func TestConcurrentShutdownHonoursEachContext(t *testing.T) {
 	if err := c.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown after the first: %v", err)
 	}
-}
-
-// drainUnacked reads n messages without acking them.
-func drainUnacked(t *testing.T, c *segmenter.Consumer, n int) []*contracts.CMessage {
-	t.Helper()
-	var out []*contracts.CMessage
-	deadline := time.Now().Add(5 * time.Second)
-	for len(out) < n && time.Now().Before(deadline) {
-		m, err := c.Read(context.Background(), 100*time.Millisecond)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, m...)
-	}
-	if len(out) != n {
-		t.Fatalf("read %d of %d messages", len(out), n)
-	}
-	return out
 }
 
 // A partition listener may call the consumer (Read included).
@@ -208,11 +190,11 @@ func TestRedeliverHookSeesEveryRedelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	send(t, st, nil, msg("a", "0"), msg("b", "1"))
-	first := drainUnacked(t, c, 2)
+	first := drainNoAck(t, c, nil, 2)
 	if err := c.Nack(first[0]); err != nil {
 		t.Fatal(err)
 	}
-	again := drainUnacked(t, c, 1)
+	again := drainNoAck(t, c, nil, 1)
 	if again[0].Id != first[0].Id || again[0].DeliveryCount != 2 {
 		t.Fatalf("after the Nack: %s (delivery %d), want %s again", again[0].Id, again[0].DeliveryCount, first[0].Id)
 	}
@@ -342,7 +324,7 @@ func TestShutdownPastItsContextReportsTheMessagesInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	send(t, st, nil, msg("k", "0"))
-	drainUnacked(t, a, 1)
+	drainNoAck(t, a, nil, 1)
 	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()
 	if err := a.Shutdown(short); !errors.Is(err, context.DeadlineExceeded) {

@@ -415,8 +415,22 @@ func Namespace(t testing.TB) string {
 // called from the test's goroutine.
 func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msgAndArgs ...any) {
 	t.Helper()
-	if cond() {
+	if Within(timeout, cond) {
 		return
+	}
+	msg := "condition"
+	if m := formatMsg(msgAndArgs); m != "" {
+		msg = m
+	}
+	t.Fatalf("redistest.Eventually: %s not met within %v", msg, timeout)
+}
+
+// Within calls cond every few milliseconds until it returns true, and
+// reports whether that happened within timeout (for a test that explains
+// a failure itself).
+func Within(timeout time.Duration, cond func() bool) bool {
+	if cond() {
+		return true
 	}
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -426,18 +440,10 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msgAndArg
 		select {
 		case <-tick.C:
 			if cond() {
-				return
+				return true
 			}
 		case <-deadline.C:
-			if cond() {
-				return
-			}
-			msg := "condition"
-			if m := formatMsg(msgAndArgs); m != "" {
-				msg = m
-			}
-			t.Fatalf("redistest.Eventually: %s not met within %v", msg, timeout)
-			return
+			return cond()
 		}
 	}
 }
