@@ -1155,7 +1155,7 @@ func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struc
 	}
 	c.mu.Unlock()
 	if from != nil {
-		c.seg.watch.watch(ctx, c, from)
+		c.seg.watch.watch(c, from)
 	}
 
 	t := time.NewTimer(d)

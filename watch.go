@@ -30,7 +30,8 @@ type entryWatcher struct {
 	id       int64                           // the connection's client ID (0: unknown)
 	noUnblk  bool                            // CLIENT UNBLOCK was refused
 	running  bool
-	retrying bool // a goroutine retries a CLIENT UNBLOCK
+	retrying bool   // an unblocker goroutine runs
+	rearmSeq uint64 // the XREAD it is to unblock
 	closed   bool
 	wake     chan struct{} // a subscription came while none was armed
 	wg       sync.WaitGroup
@@ -59,7 +60,7 @@ func (w *entryWatcher) usable() bool {
 // quiet set: c hears of an entry newer than from[p] in any p of it. It
 // returns at once, after re-arming the XREAD in flight when it does not
 // cover the set.
-func (w *entryWatcher) watch(ctx context.Context, c *Consumer, from map[int]string) {
+func (w *entryWatcher) watch(c *Consumer, from map[int]string) {
 	sub := make(map[string]string, len(from))
 	for p, id := range from {
 		sub[c.stream.keys[p]] = id
@@ -101,48 +102,74 @@ func (w *entryWatcher) watch(ctx context.Context, c *Consumer, from map[int]stri
 	seq, id, unblock := w.seq, w.id, !w.noUnblk && w.id != 0
 	w.mu.Unlock()
 	if !covered && unblock {
-		w.rearm(ctx, seq, id)
+		w.rearm(seq, id)
 	}
 }
 
-// rearm unblocks the XREAD number seq so that it starts again with the
-// current subscriptions. An XREAD still on its way to Redis cannot be
-// unblocked yet: then a goroutine of the watcher tries again, for a while,
-// and the caller goes on.
-func (w *entryWatcher) rearm(ctx context.Context, seq uint64, id int64) {
-	if w.unblock(ctx, seq, id) {
+// rearm has the XREAD number seq (or a later one it was asked to) unblocked
+// so that it starts again with the current subscriptions. A goroutine of
+// the watcher does it, so that the caller goes on at once; an XREAD still
+// on its way to Redis cannot be unblocked yet: the goroutine tries again,
+// for a while.
+func (w *entryWatcher) rearm(seq uint64, id int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
 		return
 	}
-	w.mu.Lock()
-	if w.retrying || w.closed {
-		w.mu.Unlock()
-		return
+	w.rearmSeq = max(w.rearmSeq, seq)
+	if w.retrying {
+		return // the running unblocker takes the new seq
 	}
 	w.retrying = true
 	w.wg.Add(1)
-	w.mu.Unlock()
-	go func() {
-		defer w.wg.Done()
-		defer func() {
-			w.mu.Lock()
+	go w.unblocker(id)
+}
+
+// unblocker unblocks the XREAD w.rearmSeq names, until it is unblocked or
+// has returned by itself.
+func (w *entryWatcher) unblocker(id int64) {
+	defer w.wg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	d := 100 * time.Microsecond
+	for {
+		w.mu.Lock()
+		seq := w.rearmSeq
+		if w.armed == nil || w.seq != seq || w.closed || ctx.Err() != nil {
+			// It returned (the next XREAD has the new set), or give up.
 			w.retrying = false
 			w.mu.Unlock()
-		}()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		for d := 100 * time.Microsecond; ; d = min(2*d, 20*time.Millisecond) {
-			t := time.NewTimer(d)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			if w.unblock(ctx, seq, id) {
-				return
-			}
+			return
 		}
-	}()
+		w.mu.Unlock()
+		n, err := w.seg.rdb.ClientUnblock(ctx, id).Result()
+		if err == nil && n == 1 {
+			w.mu.Lock()
+			done := w.rearmSeq == seq // else a later request came: go on
+			if done {
+				w.retrying = false
+			}
+			w.mu.Unlock()
+			if done {
+				return
+			}
+			continue
+		}
+		if err != nil && (redis.HasErrorPrefix(err, "NOPERM") || redis.HasErrorPrefix(err, "ERR unknown")) {
+			w.mu.Lock()
+			w.noUnblk, w.retrying = true, false
+			w.mu.Unlock()
+			return
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		d = min(2*d, 20*time.Millisecond)
+	}
 }
 
 // unblock sends CLIENT UNBLOCK for the XREAD number seq; it reports whether
@@ -175,9 +202,7 @@ func (w *entryWatcher) unwatch(c *Consumer) {
 	unblock := !w.noUnblk && id != 0
 	w.mu.Unlock()
 	if last && unblock {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		w.rearm(ctx, seq, id)
+		w.rearm(seq, id)
 	}
 }
 
@@ -256,7 +281,11 @@ func (w *entryWatcher) run() {
 			for _, x := range res {
 				if from, ok := sub[x.Stream]; ok && len(x.Messages) > 0 && newerID(x.Messages[0].ID, from) {
 					notify[c] = append(notify[c], x.Stream)
-					delete(sub, x.Stream)
+					// Watched on from the entry seen: the consumer reads it
+					// and, drained again, waits from it or a newer one,
+					// which this XREAD covers (no re-arm); an entry after it
+					// wakes the consumer again.
+					sub[x.Stream] = x.Messages[0].ID
 				}
 			}
 			if len(sub) == 0 {

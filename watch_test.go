@@ -83,9 +83,9 @@ func (h *xreadLog) len() int {
 }
 
 // A partition that becomes empty while the watcher is blocked on the others
-// is added to the wait at once (CLIENT UNBLOCK, then a new XREAD): its next
-// message wakes Read, which would otherwise wait out the watcher's XREAD
-// (longer than Read's maxWait here).
+// (here: one the consumer just gained) is added to the wait at once (CLIENT
+// UNBLOCK, then a new XREAD): its next message wakes Read, which would
+// otherwise wait out the watcher's XREAD (longer than Read's maxWait here).
 func TestReadWakesForAPartitionThatWentQuietWhileTheWatcherWaited(t *testing.T) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
@@ -101,48 +101,43 @@ func TestReadWakesForAPartitionThatWentQuietWhileTheWatcherWaited(t *testing.T) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute)
+	// B (its own Segmenter, so its own watcher) shares the partitions with A.
+	b, err := newSegmenter(t, ns, nil).RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("B"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	a, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("A"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool { return len(a.Assignment()) == 1 && len(b.Assignment()) == 1 }, "A and B never shared the partitions")
+	mine := a.Assignment()[0].Partition
+	other := 1 - mine
 	keys := keyspace.New(ns)
-	k0, k1 := keyFor(t, st, 0, 0), keyFor(t, st, 1, 0)
-	send(t, st, nil, msg(k0, "m0"))
-	drain(t, c, nil, 1, 5*time.Second) // partition 0 drained; 1 found empty
-	// A Read waits: the watcher blocks on both partitions.
+	// A waits on its partition alone.
+	if m, err := a.Read(ctx, 0); len(m) != 0 || err != nil {
+		t.Fatalf("first read: %v %v", m, err)
+	}
 	mark := hook.len()
 	done := make(chan []*contracts.CMessage, 1)
 	go func() {
-		m, _ := c.Read(ctx, 3*time.Second)
+		m, _ := a.Read(ctx, 3*time.Second)
 		done <- m
 	}()
-	redistest.Eventually(t, 10*time.Second, func() bool {
-		return hook.len() > mark
-	}, "the watcher never waited")
-	// A message on partition 1 wakes it; partition 1 is read, and found
-	// drained again while the watcher waits on partition 0 alone.
-	send(t, st, nil, msg(k1, "m1"))
-	m := <-done
-	if len(m) != 1 || string(m[0].Data) != "m1" {
-		t.Fatalf("first wait returned %v", m)
-	}
-	if err := c.Ack(ctx, m...); err != nil {
+	// B leaves: A gains the other partition, finds it empty, and must have
+	// the watcher re-armed with it.
+	if err := b.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	mark = hook.len()
-	go func() {
-		m, _ := c.Read(ctx, 3*time.Second)
-		done <- m
-	}()
 	redistest.Eventually(t, 10*time.Second, func() bool {
-		return hook.rearmedWith(mark, keys.Partition("s", 0), keys.Partition("s", 1))
+		return hook.rearmedWith(mark, keys.Partition("s", mine), keys.Partition("s", other))
 	}, "the watcher was not re-armed with the partition that went quiet")
-	send(t, st, nil, msg(k1, "m2"))
-	m = <-done
-	if len(m) != 1 || string(m[0].Data) != "m2" {
+	send(t, st, nil, msg(keyFor(t, st, other, 0), "m"))
+	m := <-done
+	if len(m) != 1 || string(m[0].Data) != "m" {
 		t.Fatalf("a message on the partition that went quiet did not wake Read: got %v", m)
 	}
-	if err := c.Ack(ctx, m...); err != nil {
+	if err := a.Ack(ctx, m...); err != nil {
 		t.Fatal(err)
 	}
 }
