@@ -809,10 +809,40 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 	}
 }
 
+// keepValid returns the messages of msgs whose partition is still held,
+// under their epoch, with a lease valid at now by the local clock. The
+// others stay pending in Redis; their partitions claim the pending list
+// again before reading anything new.
+func (c *Consumer) keepValid(msgs []*contracts.CMessage, now time.Time) []*contracts.CMessage {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	kept := msgs[:0]
+	for _, m := range msgs {
+		op, ok := c.parts[int(m.Partition)]
+		if ok && op.epoch == m.Epoch && now.Before(op.validUntil) {
+			kept = append(kept, m)
+			continue
+		}
+		// Not delivered after all.
+		c.stats.delivered.Add(^uint64(0))
+		if m.DeliveryCount > 1 {
+			c.stats.redelivered.Add(^uint64(0))
+		}
+		if m.PoisonReason != "" {
+			c.stats.poison.Add(^uint64(0))
+		}
+		if ok && op.epoch == m.Epoch {
+			delete(op.inflight, m.Id)
+			op.cursor, op.cursorIdle, op.quiet = "0-0", 0, false
+		}
+	}
+	return kept
+}
+
 // onDeliver tells the deliver hooks of a batch.
-func (c *Consumer) onDeliver(msgs []*contracts.CMessage, start time.Time) {
+func (c *Consumer) onDeliver(msgs []*contracts.CMessage, start, end time.Time) {
 	if len(c.hooks.deliver) > 0 {
-		ev := DeliverEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Messages: msgs, Start: start, End: time.Now()}
+		ev := DeliverEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Messages: msgs, Start: start, End: end}
 		for _, h := range c.hooks.deliver {
 			h.OnDeliver(ev)
 		}
@@ -863,12 +893,22 @@ func (c *Consumer) fetchOnce(ctx context.Context, limit func(int) int) (_ []*con
 		dead = n - len(msgs)
 	}
 	if len(msgs) > 0 {
+		// The moment of delivery, checked against the leases' validity
+		// once more: the batch-filling round and the dead letters took
+		// round trips since the replies were checked (the process may have
+		// been paused meanwhile). A partition delivered now was still ours
+		// now, whatever happens to the process after.
+		end := time.Now()
+		msgs = c.keepValid(msgs, end)
 		if err != nil {
 			c.mu.Lock()
 			c.errs = append(c.errs, err) // for the next call
 			c.mu.Unlock()
 		}
-		c.onDeliver(msgs, start)
+		if len(msgs) == 0 {
+			return nil, err, dead
+		}
+		c.onDeliver(msgs, start, end)
 		return msgs, nil, dead
 	}
 	return nil, err, dead

@@ -63,7 +63,10 @@ type PartitionHook interface {
 type DeliverEvent struct {
 	Stream, Group, Consumer string
 	Messages                []*contracts.CMessage
-	Start, End              time.Time // the fetch from Redis
+	// Start is when the fetch from Redis was sent; End the moment of
+	// delivery, when the consumer last checked that it still held the
+	// partitions' leases.
+	Start, End time.Time
 }
 
 // AckOutcome is the outcome of an acknowledgement.

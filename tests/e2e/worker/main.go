@@ -279,6 +279,8 @@ func join(o options, seg *segmenter.Segmenter, stream string, known func(*member
 	}
 	if o.mode != "read" {
 		opts = append(opts, segmenter.WithHooks(runHooks{m}))
+	} else {
+		opts = append(opts, segmenter.WithHooks(deliverHook{m}))
 	}
 	c, err := seg.RegisterConsumer(context.Background(), stream, o.group, o.batch, o.maxProc, opts...)
 	if err != nil {
@@ -341,8 +343,7 @@ func (m *member) consume(stopping <-chan struct{}) {
 		msgs, err := c.Read(context.Background(), m.o.readWait)
 		end := time.Now()
 		if len(msgs) > 0 {
-			m.rec.Delivered(c.ID(), msgs, start, end)
-			m.announce(msgs, end)
+			m.announce(msgs, end) // logged by deliverHook
 		}
 		if err != nil {
 			m.report("read", err)
@@ -480,6 +481,16 @@ func (m *member) handle(ctx context.Context, msg *contracts.CMessage) error {
 		}
 	}
 	return nil
+}
+
+// deliverHook logs every batch Read delivers, with the SDK's moment of
+// delivery (the moment its lease was last checked), not the moment Read's
+// caller got to record it: a process paused in between must not look as if
+// it delivered later.
+type deliverHook struct{ m *member }
+
+func (h deliverHook) OnDeliver(ev segmenter.DeliverEvent) {
+	h.m.rec.Delivered(ev.Consumer, ev.Messages, ev.Start, ev.End)
 }
 
 // runHooks logs what Run does (see the package documentation).
