@@ -2,6 +2,7 @@ package rebalance_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -223,5 +224,65 @@ func TestNativePathIsNotTakenWithoutEVAL(t *testing.T) {
 	ack := rebalance.Ack(f.ctx, rdb, "A", f.group, []rebalance.AckRequest{{LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch, IDs: []string{"1-1"}}})[0]
 	if !ack.Fenced {
 		t.Fatalf("ack under another's lease without EVAL: %+v, want fenced", ack)
+	}
+}
+
+// A native read returns the entries exactly as XRANGE shows them, fields in
+// order, binary data and empty values included, over RESP2 and RESP3 (the
+// EXEC's reply is read raw), across two reads of different counts.
+func TestNativeReadReturnsEntriesAsStoredOverBothProtocols(t *testing.T) {
+	for _, protocol := range []int{2, 3} {
+		t.Run(fmt.Sprintf("RESP%d", protocol), func(t *testing.T) {
+			f, g := newFixture(t), newFixture(t)
+			values := [][]any{
+				{"v", "1", "k", "user-1", "d", "plain"},
+				{"v", "1", "k", "user-2", "d", "bin\r\n\x00\xff$3\r\n*1", "m.trace", ""},
+				{"only", "one"},
+			}
+			for _, fx := range []fixture{f, g} {
+				for _, v := range values {
+					if err := fx.rdb.XAdd(fx.ctx, &redis.XAddArgs{Stream: fx.stream, Values: v}).Err(); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			a, ga := f.acquire(t, "A", time.Minute), g.acquire(t, "A", time.Minute)
+			opt := f.rdb.Options()
+			opt.Protocol, opt.PoolSize = protocol, 1 // one connection: the hook's halves share it
+			h := &interleave{between: func() {}}
+			rdb := redis.NewClient(opt)
+			rdb.AddHook(h)
+			t.Cleanup(func() { _ = rdb.Close() })
+			res := rebalance.Fetch(f.ctx, rdb, "A", f.group, time.Hour, []rebalance.FetchRequest{
+				{LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch, Count: 3, FetchID: "1"},
+				{LeaseKey: g.lease, StreamKey: g.stream, Epoch: ga.Epoch, Count: 2, FetchID: "1"},
+			})
+			if !h.done {
+				t.Fatal("the read did not take the native path")
+			}
+			for i, fx := range []fixture{f, g} {
+				r := res[i]
+				if r.Err != nil || r.Fenced {
+					t.Fatalf("partition %d: %+v", i, r)
+				}
+				want, err := fx.rdb.XRange(fx.ctx, fx.stream, "-", "+").Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				want = want[:3-i]
+				if len(r.Entries) != len(want) {
+					t.Fatalf("partition %d: %d entries, want %d", i, len(r.Entries), len(want))
+				}
+				for j, e := range r.Entries {
+					var fields []string
+					for _, v := range values[j] {
+						fields = append(fields, v.(string))
+					}
+					if e.ID != want[j].ID || !slices.Equal(e.Fields, fields) {
+						t.Fatalf("partition %d entry %d: %q %q, want %q %q", i, j, e.ID, e.Fields, want[j].ID, fields)
+					}
+				}
+			}
+		})
 	}
 }
