@@ -240,6 +240,9 @@ func (r *runner) limit(p int) int {
 	defer r.mu.Unlock()
 	rp := r.parts[p]
 	if rp == nil || rp.inflight == 0 {
+		if r.o.keyConcurrency > 0 {
+			return min(r.c.batch, r.o.keyConcurrency) // the bound holds from the first fetch
+		}
 		return r.c.batch
 	}
 	// Handlers of an earlier epoch of the partition still running (they

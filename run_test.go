@@ -162,6 +162,46 @@ func TestRunPerKeyConcurrencyKeepsEachKeyInOrder(t *testing.T) {
 	checkLog(t, rec, invariant.Options{MaxProcessingTime: 10 * time.Second, RequireAllAcked: true})
 }
 
+// WithKeyConcurrency(n) bounds the messages of a partition in flight, so
+// the handlers running at once, to n, from the first fetch on: a batch
+// larger than n with more than n keys in it does not start a handler each.
+func TestRunPerKeyConcurrencyBoundsHandlersInFlight(t *testing.T) {
+	ctx := context.Background()
+	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := invariant.NewRecorder()
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 500, 10*time.Second, segmenter.WithHooks(recordingHook{rec}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendKeyed(t, st, rec, 200, 600)
+	const bound = 8
+	var mu sync.Mutex
+	running, peak := 0, 0
+	stop := runUntil(t, c, func(ctx context.Context, m *contracts.CMessage) error {
+		mu.Lock()
+		running++
+		peak = max(peak, running)
+		mu.Unlock()
+		time.Sleep(time.Millisecond) // the work
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return nil
+	}, segmenter.WithKeyConcurrency(bound))
+	waitAcked(t, rec, time.Minute)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if peak > bound || peak < 2 {
+		t.Fatalf("at most %d handlers ran at once; want between 2 and the bound %d", peak, bound)
+	}
+	checkLog(t, rec, invariant.Options{MaxProcessingTime: 10 * time.Second, RequireAllAcked: true})
+}
+
 func TestRunRetriesThenSucceedsInOrder(t *testing.T) {
 	ctx := context.Background()
 	seg := newSegmenter(t, redistest.Namespace(t), nil)
