@@ -61,9 +61,10 @@ func WithPoisonHandler(h Handler) RunOption {
 	return runOptionFunc(func(o *runOptions) { o.poison = h })
 }
 
-// WithAbort gives Run a second context: when it ends, the handlers'
-// contexts are cancelled at once, instead of after maxProcessingTime.
-// NotifyShutdown makes the pair from a first and a second signal.
+// WithAbort gives Run a second context: when it ends, Run stops as when its
+// own context ends, and the handlers' contexts are cancelled at once instead
+// of after maxProcessingTime. NotifyShutdown makes the pair from a first and
+// a second signal.
 func WithAbort(abort context.Context) RunOption {
 	return runOptionFunc(func(o *runOptions) { o.abort = abort })
 }
@@ -109,11 +110,13 @@ func (c *Consumer) Run(ctx context.Context, h Handler, opts ...RunOption) error 
 		return invalid("Run or Read already running on this consumer")
 	}
 	defer c.readMu.Unlock()
+	stop, cancelStop := context.WithCancel(ctx)
+	defer cancelStop()
 	r := &runner{
 		c:       c,
 		h:       h,
 		o:       o,
-		stop:    ctx,
+		stop:    stop,
 		idle:    make(chan struct{}, 1),
 		parts:   make(map[int]*runPart),
 		ackKick: make(chan struct{}, 1),
@@ -123,7 +126,10 @@ func (c *Consumer) Run(ctx context.Context, h Handler, opts ...RunOption) error 
 	}
 	r.abort, r.cancelAbort = context.WithCancel(context.WithoutCancel(ctx))
 	if o.abort != nil {
-		defer context.AfterFunc(o.abort, r.cancelAbort)()
+		// An abort stops Run too, before it cancels the handlers: fetching
+		// on with every handler cancelled would only hand each message
+		// back at once.
+		defer context.AfterFunc(o.abort, func() { cancelStop(); r.cancelAbort() })()
 	}
 	defer r.cancelAbort()
 	return r.run()

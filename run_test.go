@@ -202,6 +202,71 @@ func TestRunPerKeyConcurrencyBoundsHandlersInFlight(t *testing.T) {
 	checkLog(t, rec, invariant.Options{MaxProcessingTime: 10 * time.Second, RequireAllAcked: true})
 }
 
+type deliverHook func(segmenter.DeliverEvent)
+
+func (h deliverHook) OnDeliver(e segmenter.DeliverEvent) { h(e) }
+
+// An abort alone ends Run: its handlers are cancelled and it fetches
+// nothing more (it does not go on handing every message back at once).
+func TestRunAbortAloneStopsRun(t *testing.T) {
+	ctx := context.Background()
+	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := invariant.NewRecorder()
+	var mu sync.Mutex
+	var delivered []*contracts.CMessage
+	collect := deliverHook(func(e segmenter.DeliverEvent) { mu.Lock(); delivered = append(delivered, e.Messages...); mu.Unlock() })
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 10, 10*time.Second, segmenter.WithHooks(recordingHook{rec}, collect))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendKeyed(t, st, rec, 1, 20)
+	abort, abortRun := context.WithCancel(ctx)
+	started := make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Run(ctx, func(hctx context.Context, m *contracts.CMessage) error {
+			select {
+			case started <- struct{}{}:
+			default:
+			}
+			<-hctx.Done() // runs until cancelled
+			return hctx.Err()
+		}, segmenter.WithAbort(abort))
+	}()
+	select {
+	case <-started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no handler started")
+	}
+	abortRun()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after an abort: %v", err)
+		}
+	case <-time.After(30 * time.Second): // catches a hang only
+		t.Fatal("Run did not return after its abort context ended")
+	}
+	if s := c.Stats(); s.Redelivered != 0 || s.Acked != 0 || s.Delivered > 10 {
+		t.Fatalf("after the abort: %+v, want one batch delivered, nothing redelivered or acked", s)
+	}
+	// Run handed the batch back (a Nack); run again: every message is
+	// handled, the handed-back batch first.
+	mu.Lock()
+	rec.Nacked(c.ID(), delivered, time.Now(), time.Now())
+	mu.Unlock()
+	stop := runUntil(t, c, func(context.Context, *contracts.CMessage) error { return nil })
+	waitAcked(t, rec, time.Minute)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	checkLog(t, rec, invariant.Options{MaxProcessingTime: 10 * time.Second, RequireAllAcked: true})
+}
+
 func TestRunRetriesThenSucceedsInOrder(t *testing.T) {
 	ctx := context.Background()
 	seg := newSegmenter(t, redistest.Namespace(t), nil)
