@@ -17,9 +17,59 @@ import (
 // exampleNamespace keeps each run of the examples apart on a shared server.
 func exampleNamespace() string { return "example-" + uuid.NewString()[:8] }
 
-// A producer and a consumer of one group: messages of one key arrive in the
-// order they were sent.
+// A producer and a consumer of one group: the handler gets the messages of
+// one key in the order they were sent; a nil return acknowledges each.
 func Example() {
+	ctx := context.Background()
+	seg, err := segmenter.NewSegmenter(&segmenter.Config{
+		RedisURL:  os.Getenv("REDIS_URL"),
+		Namespace: exampleNamespace(),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer seg.Close(ctx)
+
+	st, err := seg.RegisterStream(ctx, "payments", 16, 100_000)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		_, err := st.Send(ctx, &contracts.PMessage{
+			PartitionKey: "user-42",
+			Data:         fmt.Appendf(nil, "payment %d", i),
+		})
+		if err != nil {
+			log.Fatal(err)
+		}
+	}
+
+	c, err := seg.RegisterConsumer(ctx, "payments", "billing", 100, 30*time.Second)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Shutdown(ctx)
+
+	runCtx, stop := context.WithCancel(ctx)
+	handled := 0
+	err = c.Run(runCtx, func(ctx context.Context, m *contracts.CMessage) error {
+		fmt.Printf("%s: %s (delivery %d)\n", m.PartitionKey, m.Data, m.DeliveryCount)
+		if handled++; handled == 3 {
+			stop() // Run returns once this handler is done
+		}
+		return nil
+	})
+	fmt.Println("Run returned", err)
+	// Output:
+	// user-42: payment 1 (delivery 1)
+	// user-42: payment 2 (delivery 1)
+	// user-42: payment 3 (delivery 1)
+	// Run returned <nil>
+}
+
+// Read and Ack give full control over batches; the guarantees are those of
+// Run.
+func ExampleConsumer_Read() {
 	ctx := context.Background()
 	seg, err := segmenter.NewSegmenter(&segmenter.Config{
 		RedisURL:  os.Getenv("REDIS_URL"),
@@ -117,45 +167,4 @@ func ExamplePoison() {
 	err := segmenter.Poison(m)
 	fmt.Println(errors.Is(err, segmenter.ErrPoison))
 	// Output: true
-}
-
-// Run hands each message to a handler: partitions in parallel, each
-// partition's messages in order; nil acks, an error retries.
-func ExampleConsumer_Run() {
-	ctx := context.Background()
-	seg, err := segmenter.NewSegmenter(&segmenter.Config{RedisURL: os.Getenv("REDIS_URL"), Namespace: exampleNamespace()})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer seg.Close(ctx)
-	st, err := seg.RegisterStream(ctx, "orders", 4, 0)
-	if err != nil {
-		log.Fatal(err)
-	}
-	for _, step := range []string{"created", "paid", "shipped"} {
-		if _, err := st.Send(ctx, &contracts.PMessage{PartitionKey: "order-7", Data: []byte(step)}); err != nil {
-			log.Fatal(err)
-		}
-	}
-	c, err := seg.RegisterConsumer(ctx, "orders", "shipping", 100, 30*time.Second)
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Shutdown(ctx)
-
-	runCtx, stop := context.WithCancel(ctx)
-	handled := 0
-	err = c.Run(runCtx, func(ctx context.Context, m *contracts.CMessage) error {
-		fmt.Printf("%s: %s\n", m.PartitionKey, m.Data)
-		if handled++; handled == 3 {
-			stop() // Run returns once this handler is done
-		}
-		return nil
-	})
-	fmt.Println("Run returned", err)
-	// Output:
-	// order-7: created
-	// order-7: paid
-	// order-7: shipped
-	// Run returned <nil>
 }
