@@ -253,39 +253,45 @@ func Rebalance(ctx context.Context, rdb redis.Cmdable, g Group, token string, pa
 		return 0, 0, err
 	}
 	next := Assign(snap.Assignment, snap.Live, partitions)
-	gen, err = Commit(ctx, rdb, g, snap.Gen, next)
+	gen, err = Commit(ctx, rdb, g, token, snap.Gen, next)
 	if err != nil {
 		return gen, 0, err
 	}
 	return gen, Moves(snap.Assignment, next), nil
 }
 
-// Commit writes next as the group's assignment if the group is still at
-// generation expected, evicting the expired members that next leaves out,
-// and returns the new generation. Otherwise it writes nothing and returns
-// the current generation with ErrGenerationChanged.
-func Commit(ctx context.Context, rdb redis.Cmdable, g Group, expected int64, next Assignment) (int64, error) {
+// Commit writes next as the group's assignment if the caller still holds
+// the coordinator lock under token and the group is still at generation
+// expected, evicting the expired members that next leaves out, and returns
+// the new generation. Otherwise it writes nothing and returns the current
+// generation with ErrCoordinatorBusy (the lock is not the caller's: it
+// expired, say, while the caller was paused) or ErrGenerationChanged.
+func Commit(ctx context.Context, rdb redis.Cmdable, g Group, token string, expected int64, next Assignment) (int64, error) {
 	members := make([]string, 0, len(next))
 	for m := range next {
 		members = append(members, m)
 	}
 	slices.Sort(members)
-	args := make([]any, 0, 1+2*len(members))
-	args = append(args, strconv.FormatInt(expected, 10))
+	args := make([]any, 0, 2+2*len(members))
+	args = append(args, token, strconv.FormatInt(expected, 10))
 	for _, m := range members {
 		args = append(args, m, formatPartitions(next[m]))
 	}
 	var b batch
-	c := b.add(commitScript, []string{g.Members, g.Assignment}, args...)
+	c := b.add(commitScript, []string{g.Members, g.Assignment, g.Coordinator}, args...)
 	b.exec(ctx, rdb)
 	v, err := c.cmd.Slice()
 	if err != nil {
 		return 0, fmt.Errorf("rebalance: commit: %w", err)
 	}
-	if len(v) != 2 {
+	if len(v) < 2 {
 		return 0, fmt.Errorf("rebalance: commit: unexpected reply %v", v)
 	}
-	if num(v[0]) != 1 {
+	switch {
+	case num(v[0]) == 1:
+	case len(v) == 3 && str(v[2]) == "lock":
+		return num(v[1]), ErrCoordinatorBusy
+	default:
 		return num(v[1]), ErrGenerationChanged
 	}
 	return num(v[1]), nil

@@ -126,8 +126,22 @@ func TestRebalanceIsFencedByLockAndGeneration(t *testing.T) {
 	if n, _ := rdb.Exists(ctx, g.Coordinator).Result(); n != 0 {
 		t.Fatal("the lock was not released after the rebalance")
 	}
+	// A commit by a caller whose lock is gone (it expired while the caller
+	// was paused, and nobody or another member holds it now) writes
+	// nothing, even at the current generation.
+	gen, err := rebalance.Commit(ctx, rdb, g, "tok", 1, rebalance.Assignment{"intruder": {0, 1, 2, 3}})
+	if !errors.Is(err, rebalance.ErrCoordinatorBusy) || gen != 1 {
+		t.Fatalf("commit without the lock: gen %d err %v", gen, err)
+	}
+	if err := rdb.Set(ctx, g.Coordinator, "other", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	gen, err = rebalance.Commit(ctx, rdb, g, "tok", 1, rebalance.Assignment{"intruder": {0, 1, 2, 3}})
+	if !errors.Is(err, rebalance.ErrCoordinatorBusy) || gen != 1 {
+		t.Fatalf("commit under another's lock: gen %d err %v", gen, err)
+	}
 	// A commit computed from a stale generation writes nothing.
-	gen, err := rebalance.Commit(ctx, rdb, g, 0, rebalance.Assignment{"intruder": {0, 1, 2, 3}})
+	gen, err = rebalance.Commit(ctx, rdb, g, "other", 0, rebalance.Assignment{"intruder": {0, 1, 2, 3}})
 	if !errors.Is(err, rebalance.ErrGenerationChanged) || gen != 1 {
 		t.Fatalf("stale commit: gen %d err %v", gen, err)
 	}
