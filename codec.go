@@ -31,9 +31,7 @@ func entryValues(m *contracts.PMessage) []any {
 }
 
 // decodeEntry fills msg from an entry's fields. An entry this SDK did not
-// write gets a poison reason, with its raw fields in Metadata. The fields may
-// be slices of a whole reply (see rebalance/resp.go): what msg keeps is
-// copied.
+// write gets a poison reason, with its raw fields in Metadata.
 func decodeEntry(fields []string, msg *contracts.CMessage) {
 	var version, key string
 	var data *string
@@ -51,7 +49,7 @@ func decodeEntry(fields []string, msg *contracts.CMessage) {
 			if msg.Metadata == nil {
 				msg.Metadata = make(map[string]string)
 			}
-			msg.Metadata[strings.Clone(name[len(metaPrefix):])] = strings.Clone(val)
+			msg.Metadata[name[len(metaPrefix):]] = val
 		}
 	}
 	switch {
@@ -67,12 +65,12 @@ func decodeEntry(fields []string, msg *contracts.CMessage) {
 	if msg.PoisonReason != "" {
 		raw := make(map[string]string, len(fields)/2)
 		for i := 0; i+1 < len(fields); i += 2 {
-			raw[strings.Clone(fields[i])] = strings.Clone(fields[i+1])
+			raw[fields[i]] = fields[i+1]
 		}
 		msg.Metadata = raw
 		return
 	}
-	msg.PartitionKey = strings.Clone(key)
+	msg.PartitionKey = key
 	msg.Data = []byte(*data)
 }
 

@@ -173,23 +173,14 @@ func fetchNative(ctx context.Context, rdb redis.Cmdable, owner, group string, re
 		}
 		pipe.Do(ctx, a...)
 	}
-	// The EXEC's reply is read raw (see resp.go).
-	exec := redis.NewRawCmd(ctx, "EXEC")
-	_ = pipe.Process(ctx, exec)
+	exec := pipe.Do(ctx, "EXEC")
 	_, _ = pipe.Exec(ctx)
 
-	raw, err := exec.Result()
+	v, err := exec.Slice()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errUnknown, err)
-	}
-	got := make(map[string][]Entry, n)
-	replies, aborted, err := parseReadExec(raw, n, got)
-	if err != nil && replies == 0 {
-		// Not the EXEC's array: an error in its place (the transaction
-		// was refused) or a reply this code cannot read.
-		return nil, fmt.Errorf("%w: %v", errUnknown, err)
-	}
-	if aborted {
+		if !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("%w: %v", errUnknown, err)
+		}
 		if g, gerr := guard.Slice(); gerr == nil && len(g) == 3 && str(g[2]) == "retry" {
 			return nil, errUnknown
 		}
@@ -197,17 +188,19 @@ func fetchNative(ctx context.Context, rdb redis.Cmdable, owner, group string, re
 	}
 	if g, gerr := guard.Slice(); gerr != nil || len(g) == 0 || num(g[0]) != 1 {
 		// The guard did not run (refused), yet the EXEC ran unchecked (a
-		// refusal by the guard writes a lease, which aborts it), or its
-		// reply was lost. Never again on this client; the read's outcome
-		// is unknown.
+		// refusal by the guard writes a lease, which aborts it). Never
+		// again on this client; the read's outcome is unknown.
 		disableNative(rdb)
 		return nil, fmt.Errorf("%w: guard %v %v, and the read ran", errUnknown, g, gerr)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errUnknown, err)
+	if len(v) != n+len(counts) {
+		return nil, fmt.Errorf("%w: EXEC returned %d replies for %d commands", errUnknown, len(v), n+len(counts))
 	}
-	if replies != n+len(counts) {
-		return nil, fmt.Errorf("%w: EXEC returned %d replies for %d commands", errUnknown, replies, n+len(counts))
+	got := make(map[string][]Entry, n)
+	for _, x := range v[n:] {
+		if err := parseReadGroup(x, got); err != nil {
+			return nil, fmt.Errorf("%w: %v", errUnknown, err)
+		}
 	}
 	out := make([]FetchResult, n)
 	var skipped []AckRequest
@@ -261,6 +254,54 @@ func forOther(f []string, group string) ([]string, bool) {
 		return nil, true
 	}
 	return f, false
+}
+
+// parseReadGroup adds the entries of an XREADGROUP reply (RESP2 or RESP3,
+// nil when nothing was read) to got, by stream key.
+func parseReadGroup(v any, got map[string][]Entry) error {
+	add := func(stream, entries any) error {
+		raw, _ := entries.([]any)
+		out := make([]Entry, 0, len(raw))
+		for _, e := range raw {
+			pair, ok := e.([]any)
+			if !ok || len(pair) != 2 {
+				return fmt.Errorf("unexpected XREADGROUP entry %v", e)
+			}
+			fv, _ := pair[1].([]any)
+			fields := make([]string, len(fv))
+			for j, f := range fv {
+				fields[j] = str(f)
+			}
+			out = append(out, Entry{ID: str(pair[0]), Fields: fields})
+		}
+		got[str(stream)] = out
+		return nil
+	}
+	switch x := v.(type) {
+	case nil:
+		return nil
+	case redis.Error:
+		return x
+	case map[any]any: // RESP3: stream -> entries
+		for k, e := range x {
+			if err := add(k, e); err != nil {
+				return err
+			}
+		}
+	case []any: // RESP2: [[stream, entries], ...]
+		for _, s := range x {
+			pair, ok := s.([]any)
+			if !ok || len(pair) != 2 {
+				return fmt.Errorf("unexpected XREADGROUP reply %v", v)
+			}
+			if err := add(pair[0], pair[1]); err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("unexpected XREADGROUP reply %T", v)
+	}
+	return nil
 }
 
 // ackNative runs reqs as one native acknowledgement. It returns errAborted,
