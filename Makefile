@@ -26,6 +26,7 @@ help:
 	@echo "  make proto       regenerate contracts/messages.pb.go (needs protoc)"
 	@echo "  make bench       benchmark table vs raw go-redis (~3.5 min); rewrites the table in BENCHMARKS.md"
 	@echo "  make bench-smoke every figure at a tiny size + 1x of each Go benchmark (CI: they still run)"
+	@echo "  make measure     rebalance timings with worker processes: hand-over, SIGKILL takeover, partitions moved"
 
 # deps installs what a fresh Debian machine lacks for the tests, and nothing
 # when everything is there. It uses sudo only when not root.
@@ -82,6 +83,18 @@ test: deps lint
 	$(GO) test $(TEST_FLAGS) -v $(E2E_PKG) >"$$log" 2>&1 || status=$$?; \
 	grep -E '^(e2e: redis backend|--- FAIL|ok|FAIL|panic)' "$$log"; \
 	if [ $$status -ne 0 ]; then cat "$$log"; fi; rm -f "$$log"; exit $$status
+
+# measure prints the e2e measurements of rebalancing (worker processes,
+# default timings): graceful hand-over, SIGKILL to takeover, and partitions
+# moved per membership change against the minimum. It asserts only that the
+# runs worked; the figures are printed.
+.PHONY: measure
+measure: deps
+	@log=$$(mktemp); status=0; \
+	echo "$(GO) test -count=1 -run '^TestMeasurements$$' -v $(E2E_PKG)"; \
+	$(GO) test -count=1 -run '^TestMeasurements$$' -v $(E2E_PKG) >"$$log" 2>&1 || status=$$?; \
+	grep -vE '^ +measure_test.go:[0-9]+: invariant log|^        [0-9]+ (events|messages|consumers)|^        partition ' "$$log"; \
+	rm -f "$$log"; exit $$status
 
 .PHONY: test-short
 test-short:

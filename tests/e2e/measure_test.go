@@ -236,7 +236,7 @@ func measureMoves(e *env) []string {
 		return n
 	}
 	var live []*worker
-	rows := []string{"membership change on 16 partitions | moved (owner changed) | minimum | epochs bumped | generations | stable after"}
+	rows := []string{"membership change on 16 partitions (session 1s, heartbeat 100ms) | moved (owner changed) | minimum | epochs bumped | generations | stable after"}
 	step := func(what string, change func()) {
 		t.Helper()
 		before := e.leases("moves", "g", P)
