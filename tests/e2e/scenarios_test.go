@@ -338,14 +338,18 @@ func freezeHolding(e *env, w *worker, partitions int) {
 	}, "worker %s never held unacked messages", w.name)
 }
 
-// freezeBeforeAck stops w (SIGSTOP) at a moment when it holds unacked
-// messages in Redis and has not begun to ack them (no Ack call in flight in
-// its log), and leaves it stopped: its next Ack is of those messages.
+// freezeBeforeAck stops w (SIGSTOP) at a moment when its log shows a batch
+// delivered to it that it has not begun to ack (no Ack call in flight), with
+// unacked messages of it pending in Redis, and leaves it stopped: its next
+// Ack is of that batch.
 func freezeBeforeAck(e *env, w *worker, partitions int) {
 	e.t.Helper()
 	poll(e.t, hang, 10*time.Millisecond, func() bool {
 		w.signal(syscall.SIGSTOP)
-		if !w.ackInFlight(defaultStream) {
+		// Its own log shows a batch in its hands (Redis' pending list
+		// alone would also count a Read whose reply is on its way: one
+		// the worker drops on waking, leaving it nothing to ack).
+		if !w.ackInFlight(defaultStream) && w.holdsUnacked(defaultStream) {
 			for _, ids := range e.pendingOf(defaultStream, w.group, w.name, partitions) {
 				if len(ids) > 0 {
 					return true

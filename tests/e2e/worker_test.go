@@ -335,6 +335,22 @@ func (w *worker) ackInFlight(stream string) bool {
 	return len(open) > 0
 }
 
+// holdsUnacked reports whether the worker's log of stream shows messages
+// delivered to it whose ack (or nack) has not started: a batch in its
+// hands, past its Read.
+func (w *worker) holdsUnacked(stream string) bool {
+	held := make(map[string]bool)
+	for _, ev := range w.events(stream) {
+		switch ev.Kind {
+		case invariant.KindDelivered:
+			held[ev.ID] = true
+		case invariant.KindAckStarted, invariant.KindNacked:
+			delete(held, ev.ID)
+		}
+	}
+	return len(held) > 0
+}
+
 func (w *worker) tail(n int) string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
