@@ -3,6 +3,8 @@ package segmenter_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -482,4 +484,112 @@ func TestCustomPartitioner(t *testing.T) {
 	if _, err := c.Stream().SendBatch(ctx, []*contracts.PMessage{msg("k", "v")}); !errors.Is(err, segmenter.ErrInvalidArgument) {
 		t.Fatalf("SendBatch through a consumer's Stream without the partitioner: %v", err)
 	}
+}
+
+// xaddLog is a go-redis hook that records the pipelines holding an XADD
+// and counts the XADDs sent on their own (a new connection's set-up is
+// neither).
+type xaddLog struct {
+	mu        sync.Mutex
+	pipelines [][]redis.Cmder
+	singles   int
+}
+
+func (h *xaddLog) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *xaddLog) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "xadd" {
+			h.mu.Lock()
+			h.singles++
+			h.mu.Unlock()
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *xaddLog) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if slices.ContainsFunc(cmds, func(c redis.Cmder) bool { return c.Name() == "xadd" }) {
+			h.mu.Lock()
+			h.pipelines = append(h.pipelines, cmds)
+			h.mu.Unlock()
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// SendBatch is one round trip, its XADDs grouped by partition, and returns
+// the IDs in the order of the messages, each key's in the order sent.
+func TestSendBatchIsOneRoundTripGroupedByPartition(t *testing.T) {
+	ctx := context.Background()
+	opt := redistest.Client(t).Options()
+	rdb := redis.NewClient(opt)
+	t.Cleanup(func() { _ = rdb.Close() })
+	seg := newSegmenter(t, redistest.Namespace(t), rdb)
+	st, err := seg.RegisterStream(ctx, "s", 8, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []*contracts.PMessage
+	for i := range 200 {
+		msgs = append(msgs, msg("key-"+strconv.Itoa(i%37), strconv.Itoa(i)))
+	}
+	h := &xaddLog{}
+	rdb.AddHook(h)
+	ids, err := st.SendBatch(ctx, msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(h.pipelines) != 1 || h.singles != 0 {
+		t.Fatalf("SendBatch sent its XADDs in %d pipelines and %d on their own, want one pipeline", len(h.pipelines), h.singles)
+	}
+	// The XADDs of one partition are contiguous.
+	seen, last := map[string]bool{}, ""
+	xadds := 0
+	for _, c := range h.pipelines[0] {
+		if c.Name() != "xadd" {
+			continue
+		}
+		xadds++
+		key := fmt.Sprint(c.Args()[1])
+		if key != last && seen[key] {
+			t.Fatalf("the XADDs to %s are not grouped: it comes back after %s", key, last)
+		}
+		seen[key], last = true, key
+	}
+	if xadds != len(msgs) || len(seen) < 2 {
+		t.Fatalf("%d XADDs over %d partitions, want %d over several", xadds, len(seen), len(msgs))
+	}
+	// IDs in the order of msgs: each one is the entry holding that message.
+	for i, id := range ids {
+		p := st.PartitionOf(msgs[i].PartitionKey)
+		entries, err := rdb.XRange(ctx, fmt.Sprintf("seg:{%s:s:%d}:p", seg.Namespace(), p), id, id).Result()
+		if err != nil || len(entries) != 1 || entries[0].Values["d"] != string(msgs[i].Data) {
+			t.Fatalf("message %d: ID %s holds %v (%v), want data %s", i, id, entries, err, msgs[i].Data)
+		}
+	}
+	// Each key's IDs grow in the order sent.
+	lastID := map[string]string{}
+	for i, id := range ids {
+		k := msgs[i].PartitionKey
+		if prev, ok := lastID[k]; ok && !idLess(prev, id) {
+			t.Fatalf("key %s: message %d got ID %s, not after %s", k, i, id, prev)
+		}
+		lastID[k] = id
+	}
+}
+
+// idLess compares stream entry IDs.
+func idLess(a, b string) bool {
+	ams, aseq, _ := strings.Cut(a, "-")
+	bms, bseq, _ := strings.Cut(b, "-")
+	am, _ := strconv.ParseUint(ams, 10, 64)
+	bm, _ := strconv.ParseUint(bms, 10, 64)
+	if am != bm {
+		return am < bm
+	}
+	as, _ := strconv.ParseUint(aseq, 10, 64)
+	bs, _ := strconv.ParseUint(bseq, 10, 64)
+	return as < bs
 }

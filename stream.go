@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -220,8 +221,9 @@ func (st *Stream) Trim(ctx context.Context) (int64, error) {
 	return total, nil
 }
 
-// SendBatch appends every message in one pipelined round trip and returns
-// their IDs in the order of msgs. Messages of one key keep their order. It
+// SendBatch appends every message in one pipelined round trip, grouped by
+// partition, and returns their IDs in the order of msgs. Messages of one
+// key keep their order. It
 // validates every message first and sends nothing when one is invalid. When
 // the round trip fails, some messages may have been appended: ids holds ""
 // for the ones that were not. Under RetentionAcked, the trims due carry in
@@ -244,9 +246,17 @@ func (st *Stream) SendBatch(ctx context.Context, msgs []*contracts.PMessage) (id
 	if st.sends != nil {
 		perPartition = make(map[int]int64)
 	}
+	// Grouped by partition (a stable sort keeps the order of each
+	// partition's, so each key's, messages).
+	parts := make([]int, len(msgs))
+	order := make([]int, len(msgs))
 	for i, m := range msgs {
-		p := st.PartitionOf(m.PartitionKey)
-		cmds[i] = st.xadd(ctx, pipe, p, m)
+		parts[i], order[i] = st.PartitionOf(m.PartitionKey), i
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return parts[a] - parts[b] })
+	for _, i := range order {
+		p := parts[i]
+		cmds[i] = st.xadd(ctx, pipe, p, msgs[i])
 		if perPartition != nil {
 			perPartition[p]++
 		}
