@@ -490,7 +490,7 @@ func (c *Consumer) loop() {
 		}
 		next := interval
 		urgent := c.tick(c.ctx)
-		c.checkRetention(c.ctx) // at most every retentionCheckInterval
+		c.checkRetention(c.ctx) // at most every RetentionCheckInterval
 		if urgent {
 			next, retry = min(retry, interval), min(2*retry, interval)
 		} else {
@@ -1181,7 +1181,7 @@ func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struc
 	var from map[int]string
 	if !c.seg.watch.usable() {
 		// One XREAD cannot span slots: poll.
-		d = min(d, pollInterval)
+		d = min(d, c.seg.cfg.PollInterval)
 	} else if d >= time.Millisecond && !c.closing {
 		// Every quiet partition held, from the newest entry seen in it.
 		// Only quiet ones: the others are fetched as soon as they may be
@@ -1234,12 +1234,8 @@ func (c *Consumer) quietFor() time.Duration {
 	if c.seg.watch.usable() {
 		return 5 * time.Second
 	}
-	return pollInterval
+	return c.seg.cfg.PollInterval
 }
-
-// pollInterval is how often consumers without an entry watcher look for
-// new messages.
-const pollInterval = 50 * time.Millisecond
 
 // newerID reports whether stream entry ID a is newer than b ("" is oldest).
 func newerID(a, b string) bool {

@@ -90,18 +90,13 @@ func WithRetention(r Retention) StreamOption {
 	return streamOptionFunc(func(o *streamOptions) { o.retention = r })
 }
 
-// retentionCheckInterval is how often a consumer checks, in the background,
-// whether retention removed messages before its group read them.
-const retentionCheckInterval = 10 * time.Second
-
 // retentionState is the consumer's state for detecting messages trimmed by
 // retention before the group read them. What was reported already is
 // recorded in Redis, in each partition's lease hash (field "u"), so that a
 // loss is reported once per group, not once per consumer or per restart.
 type retentionState struct {
-	mu       sync.Mutex
-	interval time.Duration // between two background checks; 0: retentionCheckInterval
-	last     time.Time     // when the last background check started
+	mu   sync.Mutex
+	last time.Time // when the last background check started
 }
 
 // checkRetention runs CheckRetention when the last background run is at
@@ -114,12 +109,8 @@ func (c *Consumer) checkRetention(ctx context.Context) {
 	}
 	r := &c.retention
 	r.mu.Lock()
-	interval := r.interval
-	if interval <= 0 {
-		interval = retentionCheckInterval
-	}
 	now := time.Now()
-	due := r.last.IsZero() || now.Sub(r.last) >= interval
+	due := r.last.IsZero() || now.Sub(r.last) >= c.seg.cfg.RetentionCheckInterval
 	if due {
 		r.last = now
 	}

@@ -459,3 +459,47 @@ func TestTrimOfAStreamWithMaxLenRetention(t *testing.T) {
 		t.Fatalf("Trim removed %d and left %d of 1000", n, l)
 	}
 }
+
+// The background check runs every Config.RetentionCheckInterval: a loss
+// is counted without a call to CheckRetention.
+func TestRetentionCheckIntervalRunsTheBackgroundCheck(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	rdb := redistest.Client(t)
+	seg, err := segmenter.NewSegmenter(&segmenter.Config{
+		Namespace:              ns,
+		Client:                 rdb,
+		SessionTimeout:         testSession,
+		BlockInterval:          testBlock,
+		RetentionCheckInterval: 20 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = seg.Close(ctx)
+	})
+	st, err := seg.RegisterStream(ctx, "s", 1, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow, err := seg.RegisterConsumer(ctx, "s", "slow", 100, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendRecorded(t, st, 0, 20, 5)
+	drain(t, slow, nil, 20, 10*time.Second) // its first read starts Redis' counters
+	for sent := 20; sent < 2020; sent += 100 {
+		sendRecorded(t, st, sent, 100, 5)
+	}
+	info, err := rdb.XInfoStream(ctx, keyspace.New(ns).Partition("s", 0)).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := uint64(info.EntriesAdded - info.Length - 20)
+	// Far below the 10s default: only the configured interval gets there.
+	redistest.Eventually(t, 5*time.Second, func() bool { return slow.Stats().TrimmedUnread == want },
+		"the background check never counted the %d messages trimmed unread", want)
+}

@@ -58,6 +58,18 @@ type Config struct {
 	// 500ms.
 	BlockInterval time.Duration
 
+	// PollInterval is how often a consumer looks for new messages in its
+	// empty partitions when it cannot wait for them in Redis: on a Redis
+	// Cluster, or with a client other than a *redis.Client (one XREAD
+	// cannot span slots). Default 50ms.
+	PollInterval time.Duration
+
+	// RetentionCheckInterval is how often a consumer checks, in the
+	// background, whether retention trimmed messages of its partitions
+	// before its group read them (see Stats.TrimmedUnread and
+	// Consumer.CheckRetention). Default 10s.
+	RetentionCheckInterval time.Duration
+
 	// Hooks observe every consumer of this Segmenter (see Hook); a consumer
 	// adds its own with WithHooks.
 	Hooks []Hook
@@ -72,6 +84,8 @@ const (
 	defaultSessionTimeout    = 10 * time.Second
 	defaultHeartbeatInterval = time.Second
 	defaultBlockInterval     = 500 * time.Millisecond
+	defaultPollInterval      = 50 * time.Millisecond
+	defaultRetentionCheck    = 10 * time.Second
 )
 
 func (c *Config) withDefaults() Config {
@@ -90,6 +104,12 @@ func (c *Config) withDefaults() Config {
 	}
 	if cfg.BlockInterval == 0 {
 		cfg.BlockInterval = defaultBlockInterval
+	}
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = defaultPollInterval
+	}
+	if cfg.RetentionCheckInterval == 0 {
+		cfg.RetentionCheckInterval = defaultRetentionCheck
 	}
 	return cfg
 }
@@ -117,6 +137,12 @@ func (c *Config) validate() error {
 	}
 	if c.BlockInterval < time.Millisecond {
 		errs = append(errs, invalid("BlockInterval %v is below 1ms", c.BlockInterval))
+	}
+	if c.PollInterval < time.Millisecond {
+		errs = append(errs, invalid("PollInterval %v is below 1ms", c.PollInterval))
+	}
+	if c.RetentionCheckInterval < time.Millisecond {
+		errs = append(errs, invalid("RetentionCheckInterval %v is below 1ms", c.RetentionCheckInterval))
 	}
 	return errors.Join(errs...)
 }

@@ -50,6 +50,7 @@ func TestNewSegmenterRejectsBadConfig(t *testing.T) {
 		{"heartbeat over half the session", &segmenter.Config{Namespace: "ns", Client: rdb, SessionTimeout: time.Second, HeartbeatInterval: 600 * time.Millisecond}, []string{"HeartbeatInterval"}},
 		{"tiny ttl and bad block", &segmenter.Config{Namespace: "ns", Client: rdb, SessionTimeout: time.Millisecond, BlockInterval: -1}, []string{"SessionTimeout", "BlockInterval"}},
 		{"bad url", &segmenter.Config{Namespace: "ns", RedisURL: "http://nope"}, []string{"RedisURL"}},
+		{"bad poll and retention check", &segmenter.Config{Namespace: "ns", Client: rdb, PollInterval: -time.Second, RetentionCheckInterval: time.Microsecond}, []string{"PollInterval", "RetentionCheckInterval"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
