@@ -657,7 +657,7 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 			c.seg.notify.publish(ctx, c)
 			urgent = true
 		case errors.Is(err, rebalance.ErrCoordinatorBusy), errors.Is(err, rebalance.ErrGenerationChanged):
-			urgent = true // another member is at it: learn the result soon
+			urgent = true // another member is at it, or got there first: learn the result soon
 		default:
 			c.seg.reportError(fmt.Errorf("segmenter: stream %q group %q consumer %q: rebalance: %w", c.stream.name, c.group, c.id, err))
 		}

@@ -79,7 +79,8 @@ func WithAbort(abort context.Context) RunOption {
 // When ctx ends, Run stops fetching, lets the handlers in flight finish (for
 // at most maxProcessingTime, or until WithAbort's context ends; their
 // context is then cancelled), hands the messages it had not started back
-// (Nack) and returns nil. Call Shutdown afterwards to hand the partitions
+// (Nack) and returns nil. The end of WithAbort's context ends Run the same
+// way, with the handlers' contexts cancelled at once. Call Shutdown afterwards to hand the partitions
 // over. Run returns ErrClosed when the consumer is shut down. Run and Read
 // must not be used at the same time.
 //
@@ -129,7 +130,11 @@ func (c *Consumer) Run(ctx context.Context, h Handler, opts ...RunOption) error 
 		// An abort stops Run too, before it cancels the handlers: fetching
 		// on with every handler cancelled would only hand each message
 		// back at once.
-		defer context.AfterFunc(o.abort, func() { cancelStop(); r.cancelAbort() })()
+		aborted := func() { cancelStop(); r.cancelAbort() }
+		if o.abort.Err() != nil {
+			aborted() // already over: fetch nothing
+		}
+		defer context.AfterFunc(o.abort, aborted)()
 	}
 	defer r.cancelAbort()
 	return r.run()
@@ -141,7 +146,7 @@ type runner struct {
 	c    *Consumer
 	h    Handler
 	o    runOptions
-	stop context.Context // Run's ctx: when done, fetch nothing, start nothing
+	stop context.Context // ends with Run's ctx or WithAbort's: fetch nothing, start nothing
 
 	abort       context.Context // cancels every handler
 	cancelAbort context.CancelFunc

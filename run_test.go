@@ -265,6 +265,16 @@ func TestRunAbortAloneStopsRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkLog(t, rec, invariant.Options{MaxProcessingTime: 10 * time.Second, RequireAllAcked: true})
+
+	// An abort over before Run starts: Run fetches nothing and returns.
+	send(t, st, nil, msg("key-0", "late"))
+	before := c.Stats().Delivered
+	if err := c.Run(ctx, func(context.Context, *contracts.CMessage) error { return nil }, segmenter.WithAbort(abort)); err != nil {
+		t.Fatalf("Run with an abort already over: %v", err)
+	}
+	if d := c.Stats().Delivered; d != before {
+		t.Fatalf("Run with an abort already over delivered %d messages", d-before)
+	}
 }
 
 func TestRunRetriesThenSucceedsInOrder(t *testing.T) {

@@ -67,7 +67,8 @@ type Config struct {
 	// RetentionCheckInterval is how often a consumer checks, in the
 	// background, whether retention trimmed messages of its partitions
 	// before its group read them (see Stats.TrimmedUnread and
-	// Consumer.CheckRetention). Default 10s.
+	// Consumer.CheckRetention). The check runs with the heartbeat, so no
+	// more often than HeartbeatInterval. Default 10s.
 	RetentionCheckInterval time.Duration
 
 	// Hooks observe every consumer of this Segmenter (see Hook); a consumer

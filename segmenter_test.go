@@ -16,6 +16,7 @@ import (
 
 	"github.com/segmenter/segmenter"
 	"github.com/segmenter/segmenter/contracts"
+	"github.com/segmenter/segmenter/internal/keyspace"
 	"github.com/segmenter/segmenter/internal/redistest"
 	"github.com/segmenter/segmenter/partition"
 )
@@ -565,7 +566,7 @@ func TestSendBatchIsOneRoundTripGroupedByPartition(t *testing.T) {
 	// IDs in the order of msgs: each one is the entry holding that message.
 	for i, id := range ids {
 		p := st.PartitionOf(msgs[i].PartitionKey)
-		entries, err := rdb.XRange(ctx, fmt.Sprintf("seg:{%s:s:%d}:p", seg.Namespace(), p), id, id).Result()
+		entries, err := rdb.XRange(ctx, keyspace.New(seg.Namespace()).Partition("s", p), id, id).Result()
 		if err != nil || len(entries) != 1 || entries[0].Values["d"] != string(msgs[i].Data) {
 			t.Fatalf("message %d: ID %s holds %v (%v), want data %s", i, id, entries, err, msgs[i].Data)
 		}

@@ -222,12 +222,11 @@ func (st *Stream) Trim(ctx context.Context) (int64, error) {
 }
 
 // SendBatch appends every message in one pipelined round trip, grouped by
-// partition, and returns their IDs in the order of msgs. Messages of one
-// key keep their order. It
-// validates every message first and sends nothing when one is invalid. When
-// the round trip fails, some messages may have been appended: ids holds ""
-// for the ones that were not. Under RetentionAcked, the trims due carry in
-// the same round trip, as in Send.
+// partition, and returns their IDs in the order of msgs. Messages of one key
+// keep their order. It validates every message first and sends nothing when
+// one is invalid. When the round trip fails, some messages may have been
+// appended: ids holds "" for the ones that were not. Under RetentionAcked,
+// the trims due carry in the same round trip, as in Send.
 func (st *Stream) SendBatch(ctx context.Context, msgs []*contracts.PMessage) (ids []string, err error) {
 	for i, m := range msgs {
 		if err := st.validate(m); err != nil {

@@ -30,9 +30,10 @@ type Group struct {
 // Errors of Rebalance.
 
 var (
-	// ErrCoordinatorBusy means another member holds the coordinator lock:
-	// it is rebalancing the group now.
-	ErrCoordinatorBusy = errors.New("rebalance: coordinator lock held by another member")
+	// ErrCoordinatorBusy means the caller does not hold the coordinator
+	// lock: another member holds it (it is rebalancing the group now), or
+	// the caller's lock expired before its commit. Nothing was written.
+	ErrCoordinatorBusy = errors.New("rebalance: coordinator lock not held by the caller")
 	// ErrGenerationChanged means the assignment changed between the snapshot
 	// and the commit; nothing was written.
 	ErrGenerationChanged = errors.New("rebalance: generation changed during rebalance")
@@ -234,7 +235,8 @@ func ReadSnapshot(ctx context.Context, rdb redis.Cmdable, g Group) (Snapshot, er
 // identifies the caller; the lock expires after lockTTL should the caller
 // die). It returns the committed generation and the number of partitions
 // that changed owner. ErrCoordinatorBusy and ErrGenerationChanged mean
-// another member got there first: nothing was written.
+// another member got there first, or the caller's lock expired before its
+// commit: nothing was written.
 func Rebalance(ctx context.Context, rdb redis.Cmdable, g Group, token string, partitions int, lockTTL time.Duration) (gen int64, moved int, err error) {
 	ok, err := rdb.SetNX(ctx, g.Coordinator, token, lockTTL).Result()
 	if err != nil {

@@ -228,8 +228,8 @@ func TestNativePathIsNotTakenWithoutEVAL(t *testing.T) {
 }
 
 // A native read returns the entries exactly as XRANGE shows them, fields in
-// order, binary data and empty values included, over RESP2 and RESP3 (the
-// EXEC's reply is read raw), across two reads of different counts.
+// order, binary data and empty values included, over RESP2 and RESP3: two
+// partitions with different counts in one native read.
 func TestNativeReadReturnsEntriesAsStoredOverBothProtocols(t *testing.T) {
 	for _, protocol := range []int{2, 3} {
 		t.Run(fmt.Sprintf("RESP%d", protocol), func(t *testing.T) {

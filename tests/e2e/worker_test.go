@@ -336,19 +336,19 @@ func (w *worker) ackInFlight(stream string) bool {
 }
 
 // holdsUnacked reports whether the worker's log of stream shows messages
-// delivered to it whose ack (or nack) has not started: a batch in its
-// hands, past its Read.
+// delivered to it since its last ack or nack began: a batch in its hands,
+// past its Read (for a worker that acks or nacks each batch it reads).
 func (w *worker) holdsUnacked(stream string) bool {
-	held := make(map[string]bool)
+	held := false
 	for _, ev := range w.events(stream) {
 		switch ev.Kind {
 		case invariant.KindDelivered:
-			held[ev.ID] = true
+			held = true
 		case invariant.KindAckStarted, invariant.KindNacked:
-			delete(held, ev.ID)
+			held = false
 		}
 	}
-	return len(held) > 0
+	return held
 }
 
 func (w *worker) tail(n int) string {
