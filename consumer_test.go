@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"testing"
@@ -452,12 +453,23 @@ func TestTrimmedPendingMessagesAreCounted(t *testing.T) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
 	rdb := redistest.Client(t)
-	seg := newSegmenter(t, ns, rdb)
+	logs := &logCapture{}
+	seg, err := segmenter.NewSegmenter(&segmenter.Config{
+		Namespace:      ns,
+		Client:         rdb,
+		SessionTimeout: testSession,
+		BlockInterval:  testBlock,
+		Logger:         slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelError})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = seg.Close(context.Background()) })
 	st, err := seg.RegisterStream(ctx, "s", 1, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	send(t, st, nil, msg("k", "1"), msg("k", "2"), msg("k", "3"))
+	ids := send(t, st, nil, msg("k", "1"), msg("k", "2"), msg("k", "3"))
 	c, err := seg.RegisterConsumer(ctx, "s", "g", 10, 50*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -473,6 +485,20 @@ func TestTrimmedPendingMessagesAreCounted(t *testing.T) {
 		}
 		return c.Stats().Trimmed == 3
 	}, "trimmed pending messages were not counted")
+	// And logged, at error level, with the partition, count and first ID.
+	var logged float64
+	for _, r := range logs.records(t, "trimmed by retention before they were acked") {
+		if r["level"] != "ERROR" || r["stream"] != "s" || r["group"] != "g" || r["partition"] != 0.0 {
+			t.Fatalf("loss log %v", r)
+		}
+		if logged == 0 && r["first_id"] != ids[0] {
+			t.Fatalf("loss log %v: first_id, want %s", r, ids[0])
+		}
+		logged += r["count"].(float64)
+	}
+	if logged != 3 {
+		t.Fatalf("the loss logs add up to %v trimmed messages, want 3", logged)
+	}
 }
 
 func TestDeletedStreamGivesErrGroupNotFound(t *testing.T) {
