@@ -603,8 +603,17 @@ func TestPoisonPolicies(t *testing.T) {
 		t.Fatal(err)
 	}
 	send(t, st, nil, msg("k", "1"))
-	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keyspace.New(ns).Partition("s", 0), Values: []any{"foreign", "x"}}).Err(); err != nil {
-		t.Fatal(err)
+	// Every kind of poison entry: another tool's, an unknown format
+	// version, no partition key, no data.
+	for _, v := range [][]any{
+		{"foreign", "x"},
+		{"v", "2", "k", "k", "d", "x"},
+		{"v", "1", "d", "x"},
+		{"v", "1", "k", "k"},
+	} {
+		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keyspace.New(ns).Partition("s", 0), Values: v}).Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	send(t, st, nil, msg("k", "2"))
 
@@ -617,8 +626,14 @@ func TestPoisonPolicies(t *testing.T) {
 	if string(got[0].Data) != "1" || string(got[1].Data) != "2" {
 		t.Fatalf("delivered %v", got)
 	}
-	if dead, err := seg.DeadLetters(ctx, "s", "dl", 10); err != nil || len(dead) != 1 || !strings.HasPrefix(dead[0].Reason, "poison") || dead[0].Message.PoisonReason == "" {
-		t.Fatalf("dead letters %+v %v", dead, err)
+	dead, err := seg.DeadLetters(ctx, "s", "dl", 10)
+	if err != nil || len(dead) != 4 {
+		t.Fatalf("dead letters %+v %v, want the 4 poison entries", dead, err)
+	}
+	for _, d := range dead {
+		if !strings.HasPrefix(d.Reason, "poison") || d.Message.PoisonReason == "" {
+			t.Fatalf("dead letter %+v", d)
+		}
 	}
 
 	// A poison handler under Run.
@@ -635,15 +650,17 @@ func TestPoisonPolicies(t *testing.T) {
 		return nil
 	}, segmenter.WithPoisonHandler(func(ctx context.Context, m *contracts.CMessage) error {
 		mu.Lock()
-		poison = append(poison, m.Metadata["foreign"])
+		if m.PoisonReason != "" {
+			poison = append(poison, m.Metadata["foreign"]+m.Metadata["v"])
+		}
 		mu.Unlock()
 		return nil
 	}))
-	redistest.Eventually(t, 10*time.Second, func() bool { return ph.Stats().Acked == 3 }, "not all handled")
+	redistest.Eventually(t, 10*time.Second, func() bool { return ph.Stats().Acked == 6 }, "not all handled")
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if fmt.Sprint(regular, poison) != "[1 2] [x]" {
+	if fmt.Sprint(regular, poison) != "[1 2] [x 2 1 1]" {
 		t.Fatalf("handler got %v, poison handler %v", regular, poison)
 	}
 }
