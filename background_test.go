@@ -142,8 +142,7 @@ func TestOnErrorMayCallTheConsumer(t *testing.T) {
 	rdb, cut := gatedClient(t)
 	var c atomic.Pointer[segmenter.Consumer]
 	called := make(chan struct{}, 1)
-	seg, err := segmenter.NewSegmenter(&segmenter.Config{
-		Namespace: redistest.Namespace(t), Client: rdb, SessionTimeout: testSession, BlockInterval: testBlock,
+	seg := newSegmenterConfig(t, segmenter.Config{Namespace: redistest.Namespace(t), Client: rdb,
 		OnError: func(error) {
 			if cc := c.Load(); cc != nil {
 				cc.Assignment() // deadlocked when OnError ran under the consumer's lock
@@ -154,10 +153,6 @@ func TestOnErrorMayCallTheConsumer(t *testing.T) {
 			}
 		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = seg.Close(context.Background()) })
 	if _, err := seg.RegisterStream(ctx, "s", 2, 0); err != nil {
 		t.Fatal(err)
 	}

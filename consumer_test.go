@@ -454,17 +454,8 @@ func TestTrimmedPendingMessagesAreCounted(t *testing.T) {
 	ns := redistest.Namespace(t)
 	rdb := redistest.Client(t)
 	logs := &logCapture{}
-	seg, err := segmenter.NewSegmenter(&segmenter.Config{
-		Namespace:      ns,
-		Client:         rdb,
-		SessionTimeout: testSession,
-		BlockInterval:  testBlock,
-		Logger:         slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelError})),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = seg.Close(context.Background()) })
+	seg := newSegmenterConfig(t, segmenter.Config{Namespace: ns, Client: rdb,
+		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelError}))})
 	st, err := seg.RegisterStream(ctx, "s", 1, 0)
 	if err != nil {
 		t.Fatal(err)

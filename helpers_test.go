@@ -26,15 +26,23 @@ const (
 // rdb (a client the test owns) or a fresh client when rdb is nil.
 func newSegmenter(t *testing.T, ns string, rdb redis.UniversalClient) *segmenter.Segmenter {
 	t.Helper()
-	if rdb == nil {
-		rdb = redistest.Client(t)
+	return newSegmenterConfig(t, segmenter.Config{Namespace: ns, Client: rdb})
+}
+
+// newSegmenterConfig returns a Segmenter of cfg, closed when the test ends;
+// an unset Client, SessionTimeout or BlockInterval gets the test's.
+func newSegmenterConfig(t *testing.T, cfg segmenter.Config) *segmenter.Segmenter {
+	t.Helper()
+	if cfg.Client == nil {
+		cfg.Client = redistest.Client(t)
 	}
-	seg, err := segmenter.NewSegmenter(&segmenter.Config{
-		Namespace:      ns,
-		Client:         rdb,
-		SessionTimeout: testSession,
-		BlockInterval:  testBlock,
-	})
+	if cfg.SessionTimeout == 0 {
+		cfg.SessionTimeout = testSession
+	}
+	if cfg.BlockInterval == 0 {
+		cfg.BlockInterval = testBlock
+	}
+	seg, err := segmenter.NewSegmenter(&cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

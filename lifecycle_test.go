@@ -125,18 +125,13 @@ func TestVanishedGroupIsRecreatedFromTheStartAndReported(t *testing.T) {
 	ns := redistest.Namespace(t)
 	rdb := redistest.Client(t)
 	var reported atomic.Value
-	seg, err := segmenter.NewSegmenter(&segmenter.Config{
-		Namespace: ns, Client: rdb, SessionTimeout: testSession, BlockInterval: testBlock,
+	seg := newSegmenterConfig(t, segmenter.Config{Namespace: ns, Client: rdb,
 		OnError: func(err error) {
 			if errors.Is(err, segmenter.ErrGroupNotFound) {
 				reported.Store(err)
 			}
 		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = seg.Close(context.Background()) })
 	st, err := seg.RegisterStream(ctx, "s", 1, 0)
 	if err != nil {
 		t.Fatal(err)

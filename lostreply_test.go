@@ -219,19 +219,8 @@ func proxiedSegmenter(t *testing.T, ns string, markers [][]byte, cut func(int) b
 	opts.MaxRetries = 3 // go-redis' default, spelled out: the retries are the point
 	rdb := redis.NewClient(opts)
 	t.Cleanup(func() { _ = rdb.Close() })
-	seg, err := segmenter.NewSegmenter(&segmenter.Config{
-		Namespace:      ns,
-		Client:         rdb,
+	seg := newSegmenterConfig(t, segmenter.Config{Namespace: ns, Client: rdb,
 		SessionTimeout: 3 * time.Second, // no lease is lost to the retries' backoff
-		BlockInterval:  testBlock,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = seg.Close(ctx)
 	})
 	return seg, p
 }

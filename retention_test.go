@@ -214,21 +214,8 @@ func TestRetentionMaxLenCountsMessagesTrimmedBeforeTheGroupReadThem(t *testing.T
 	ns := redistest.Namespace(t)
 	rdb := redistest.Client(t)
 	logs := &logCapture{}
-	seg, err := segmenter.NewSegmenter(&segmenter.Config{
-		Namespace:      ns,
-		Client:         rdb,
-		SessionTimeout: testSession,
-		BlockInterval:  testBlock,
-		Logger:         slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelError})),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = seg.Close(ctx)
-	})
+	seg := newSegmenterConfig(t, segmenter.Config{Namespace: ns, Client: rdb,
+		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelError}))})
 	const maxLen = 100
 	st, err := seg.RegisterStream(ctx, "s", 1, maxLen) // RetentionMaxLen, the default
 	if err != nil {
@@ -466,21 +453,7 @@ func TestRetentionCheckIntervalRunsTheBackgroundCheck(t *testing.T) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
 	rdb := redistest.Client(t)
-	seg, err := segmenter.NewSegmenter(&segmenter.Config{
-		Namespace:              ns,
-		Client:                 rdb,
-		SessionTimeout:         testSession,
-		BlockInterval:          testBlock,
-		RetentionCheckInterval: 20 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = seg.Close(ctx)
-	})
+	seg := newSegmenterConfig(t, segmenter.Config{Namespace: ns, Client: rdb, RetentionCheckInterval: 20 * time.Millisecond})
 	st, err := seg.RegisterStream(ctx, "s", 1, 100)
 	if err != nil {
 		t.Fatal(err)
