@@ -80,9 +80,9 @@ func WithAbort(abort context.Context) RunOption {
 // at most maxProcessingTime, or until WithAbort's context ends; their
 // context is then cancelled), hands the messages it had not started back
 // (Nack) and returns nil. The end of WithAbort's context ends Run the same
-// way, with the handlers' contexts cancelled at once. Call Shutdown afterwards to hand the partitions
-// over. Run returns ErrClosed when the consumer is shut down. Run and Read
-// must not be used at the same time.
+// way, with the handlers' contexts cancelled at once. Call Shutdown
+// afterwards to hand the partitions over. Run returns ErrClosed when the
+// consumer is shut down. Run and Read must not be used at the same time.
 //
 // A handler should return soon after its context is cancelled: Run waits
 // for it before returning, and a partition whose handler has not returned
