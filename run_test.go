@@ -70,18 +70,26 @@ func waitAcked(t *testing.T, rec *invariant.Recorder, timeout time.Duration) {
 	}, "not every message was acked")
 }
 
-func TestRunHandlesPartitionsConcurrentlyEachInOrder(t *testing.T) {
+// recordedConsumer registers stream "s" of the given partitions in a new
+// namespace and a consumer of group "g" whose deliveries and acks rec logs.
+func recordedConsumer(t *testing.T, partitions, batch int, maxProc time.Duration) (*segmenter.Stream, *segmenter.Consumer, *invariant.Recorder) {
+	t.Helper()
 	ctx := context.Background()
 	seg := newSegmenter(t, redistest.Namespace(t), nil)
-	st, err := seg.RegisterStream(ctx, "s", 8, 0)
+	st, err := seg.RegisterStream(ctx, "s", partitions, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec := invariant.NewRecorder()
-	c, err := seg.RegisterConsumer(ctx, "s", "g", 100, 10*time.Second, segmenter.WithHooks(recordingHook{rec}))
+	c, err := seg.RegisterConsumer(ctx, "s", "g", batch, maxProc, segmenter.WithHooks(recordingHook{rec}))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return st, c, rec
+}
+
+func TestRunHandlesPartitionsConcurrentlyEachInOrder(t *testing.T) {
+	st, c, rec := recordedConsumer(t, 8, 100, 10*time.Second)
 	sendKeyed(t, st, rec, 64, 3000)
 	var mu sync.Mutex
 	active := map[uint32]int{}
@@ -117,17 +125,7 @@ func TestRunHandlesPartitionsConcurrentlyEachInOrder(t *testing.T) {
 }
 
 func TestRunPerKeyConcurrencyKeepsEachKeyInOrder(t *testing.T) {
-	ctx := context.Background()
-	seg := newSegmenter(t, redistest.Namespace(t), nil)
-	st, err := seg.RegisterStream(ctx, "s", 1, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := invariant.NewRecorder()
-	c, err := seg.RegisterConsumer(ctx, "s", "g", 100, 10*time.Second, segmenter.WithHooks(recordingHook{rec}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, c, rec := recordedConsumer(t, 1, 100, 10*time.Second)
 	sendKeyed(t, st, rec, 16, 2000)
 	var mu sync.Mutex
 	activeKey := map[string]int{}
@@ -166,17 +164,7 @@ func TestRunPerKeyConcurrencyKeepsEachKeyInOrder(t *testing.T) {
 // the handlers running at once, to n, from the first fetch on: a batch
 // larger than n with more than n keys in it does not start a handler each.
 func TestRunPerKeyConcurrencyBoundsHandlersInFlight(t *testing.T) {
-	ctx := context.Background()
-	seg := newSegmenter(t, redistest.Namespace(t), nil)
-	st, err := seg.RegisterStream(ctx, "s", 1, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := invariant.NewRecorder()
-	c, err := seg.RegisterConsumer(ctx, "s", "g", 500, 10*time.Second, segmenter.WithHooks(recordingHook{rec}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, c, rec := recordedConsumer(t, 1, 500, 10*time.Second)
 	sendKeyed(t, st, rec, 200, 600)
 	const bound = 8
 	var mu sync.Mutex
