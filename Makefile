@@ -11,7 +11,12 @@ GOFMT ?= gofmt
 TEST_FLAGS ?= -race -count=1 -timeout 30m
 
 # Debian packages the tests need, as "command:package" pairs.
-DEPS := redis-server:redis-server protoc:protobuf-compiler
+DEPS := redis-server:redis-server redis-cli:redis-tools protoc:protobuf-compiler
+
+# Nested modules (adapters with large dependencies, each with its own go.mod
+# that replaces the core module with ../..): every directory below the root
+# holding a go.mod. make test vets and tests each of them too.
+NESTED_MODULES := $(shell find . -mindepth 2 -name go.mod -not -path './.git/*' -not -path './tmp/*' -exec dirname {} \; | sort)
 
 .DEFAULT_GOAL := help
 
@@ -19,6 +24,7 @@ DEPS := redis-server:redis-server protoc:protobuf-compiler
 help:
 	@echo "Targets:"
 	@echo "  make test        vet, gofmt check, then every test with -race against real Redis (runs deps first)"
+	@echo "  make test-modules vet and test the nested modules (adapters with their own go.mod)"
 	@echo "  make test-short  the tests without -race, in -short mode (quick loop)"
 	@echo "  make lint        go vet and the gofmt check"
 	@echo "  make demo        run the demo (embedded Redis unless REDIS_URL is set)"
@@ -56,6 +62,7 @@ demo:
 .PHONY: vet
 vet:
 	$(GO) vet ./...
+	@set -e; for m in $(NESTED_MODULES); do echo "(cd $$m && $(GO) vet ./...)"; (cd $$m && $(GO) vet ./...); done
 
 # fmt-check fails listing the files gofmt would change.
 .PHONY: fmt-check
@@ -78,11 +85,20 @@ E2E_PKG := ./tests/e2e/
 .PHONY: test
 test: deps lint
 	$(GO) test $(TEST_FLAGS) $$($(GO) list ./... | grep -v '/tests/e2e$$')
+	@$(MAKE) --no-print-directory test-modules
 	@log=$$(mktemp); status=0; \
 	echo "$(GO) test $(TEST_FLAGS) -v $(E2E_PKG)"; \
 	$(GO) test $(TEST_FLAGS) -v $(E2E_PKG) >"$$log" 2>&1 || status=$$?; \
 	grep -E '^(e2e: redis backend|--- FAIL|ok|FAIL|panic)' "$$log"; \
 	if [ $$status -ne 0 ]; then cat "$$log"; fi; rm -f "$$log"; exit $$status
+
+# test-modules runs the tests of every nested module, with the same flags.
+.PHONY: test-modules
+test-modules:
+	@set -e; for m in $(NESTED_MODULES); do \
+		echo "(cd $$m && $(GO) test $(TEST_FLAGS) ./...)"; \
+		(cd $$m && $(GO) test $(TEST_FLAGS) ./...); \
+	done
 
 # measure prints the e2e measurements of rebalancing (worker processes,
 # default timings): graceful hand-over, SIGKILL to takeover, and partitions
