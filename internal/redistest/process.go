@@ -50,7 +50,15 @@ func startProcess(ctx context.Context, cfg serverConfig) (server, error) {
 			_ = os.RemoveAll(dir)
 			return nil, err
 		}
-		p := &procServer{bin: bin, port: port, dir: dir, cfg: cfg}
+		c := cfg
+		if c.cluster {
+			// A cluster node: its bus needs a port of its own too.
+			if c.busPort, err = freePort(procHost); err != nil {
+				_ = os.RemoveAll(dir)
+				return nil, err
+			}
+		}
+		p := &procServer{bin: bin, port: port, dir: dir, cfg: c}
 		lastErr = p.start(ctx)
 		if lastErr == nil {
 			return p, nil

@@ -140,6 +140,12 @@ type serverConfig struct {
 	// fixedPort makes the docker backend publish a host port chosen up
 	// front, so that the address survives container restarts.
 	fixedPort bool
+	// cluster makes the server a Redis Cluster node (see cluster.go) whose
+	// bus listens on busPort (chosen by the backend) and which declares a
+	// node failed after nodeTimeout.
+	cluster     bool
+	busPort     int
+	nodeTimeout time.Duration
 }
 
 // redisArgs returns the redis-server arguments for a server listening on
@@ -151,6 +157,17 @@ func (c serverConfig) redisArgs(port int, bind, dir string) []string {
 		"--protected-mode", "no",
 		"--save", "",
 		"--dir", dir,
+	}
+	if c.cluster {
+		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-port", fmt.Sprint(c.busPort),
+			"--cluster-node-timeout", fmt.Sprint(c.nodeTimeout.Milliseconds()),
+			// A replica of a primary that failed takes over however long
+			// its link was down, and stays with its primary.
+			"--cluster-replica-validity-factor", "0",
+			"--cluster-allow-replica-migration", "no",
+			// Replicas sync at once, not after the default 5s wait.
+			"--repl-diskless-sync-delay", "0")
 	}
 	if c.aof {
 		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
