@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -94,6 +95,56 @@ func firstBytes(l net.Listener, got chan<- byte) {
 			}
 		}
 		cn.Close()
+	}
+}
+
+func TestRedisURLBuildsClusterAndSentinelClients(t *testing.T) {
+	cl, err := segmenter.NewRedisClient("redis://alice:pw@a.example.invalid:7000?cluster=true&addr=b.example.invalid:7001&dial_timeout=2s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	c, ok := cl.(*redis.ClusterClient)
+	if !ok {
+		t.Fatalf("cluster=true gave a %T, want a *redis.ClusterClient", cl)
+	}
+	if o := c.Options(); !slices.Equal(o.Addrs, []string{"a.example.invalid:7000", "b.example.invalid:7001"}) ||
+		o.Username != "alice" || o.Password != "pw" || o.DialTimeout != 2*time.Second {
+		t.Fatalf("cluster options: addrs %v user %q password %q dial timeout %v", o.Addrs, o.Username, o.Password, o.DialTimeout)
+	}
+
+	fo, err := segmenter.NewRedisClient("redis://s1.example.invalid:26379/2?master_name=main&addr=s2.example.invalid:26379")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fo.Close()
+	if _, ok := fo.(*redis.Client); !ok {
+		t.Fatalf("master_name gave a %T, want the *redis.Client of a Sentinel failover client", fo)
+	}
+
+	// cluster=false is a single node.
+	one, err := segmenter.NewRedisClient("redis://a.example.invalid:7000/4?cluster=false")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer one.Close()
+	if c, ok := one.(*redis.Client); !ok || c.Options().DB != 4 {
+		t.Fatalf("cluster=false gave a %T", one)
+	}
+
+	for _, bad := range []string{
+		"redis://a.example.invalid:7000?cluster=yes please",
+		"redis://a.example.invalid:7000/3?cluster=true",
+		"redis://a.example.invalid:7000?cluster=true&no_such_option=1",
+		"redis://s1.example.invalid:26379?master_name=main&no_such_option=1",
+		"redis://a.example.invalid:7000/notadb",
+	} {
+		if rdb, err := segmenter.NewRedisClient(bad); !errors.Is(err, segmenter.ErrInvalidArgument) {
+			if rdb != nil {
+				_ = rdb.Close()
+			}
+			t.Errorf("NewRedisClient(%q) = %v, want ErrInvalidArgument", bad, err)
+		}
 	}
 }
 

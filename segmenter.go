@@ -32,7 +32,10 @@ type Config struct {
 	Client redis.UniversalClient
 
 	// RedisURL is used when Client is nil: "redis://[user:password@]host:port/db"
-	// or "rediss://..." for TLS. Default: the REDIS_URL environment variable.
+	// or "rediss://..." for TLS; "redis://host:port?cluster=true&addr=host2:port2"
+	// for a Redis Cluster; "redis://host:port/db?master_name=M&addr=..." for
+	// Sentinel (see NewRedisClient). Default: the REDIS_URL environment
+	// variable.
 	RedisURL string
 
 	// Logger receives the SDK's logs, with the attributes stream, group,
@@ -124,8 +127,10 @@ func (c *Config) validate() error {
 		errs = append(errs, invalid("no Redis: set Config.Client or Config.RedisURL (or the REDIS_URL environment variable)"))
 	}
 	if c.Client == nil && c.RedisURL != "" {
-		if _, err := redis.ParseURL(c.RedisURL); err != nil {
-			errs = append(errs, invalid("RedisURL: %v", err))
+		if rdb, err := NewRedisClient(c.RedisURL); err != nil {
+			errs = append(errs, err)
+		} else {
+			_ = rdb.Close() // it has not dialled yet
 		}
 	}
 	if c.SessionTimeout < 10*time.Millisecond {
@@ -184,11 +189,11 @@ func NewSegmenter(cfg *Config) (*Segmenter, error) {
 	s.notify.seg = s
 	s.watch.init(s)
 	if s.rdb == nil {
-		opt, err := redis.ParseURL(c.RedisURL) // validated above
+		rdb, err := NewRedisClient(c.RedisURL) // validated above
 		if err != nil {
-			return nil, invalid("RedisURL: %v", err)
+			return nil, err
 		}
-		s.rdb = redis.NewClient(opt)
+		s.rdb = rdb
 		s.ownClient = true
 	}
 	return s, nil
