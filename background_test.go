@@ -61,8 +61,12 @@ func (h *counter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proc
 }
 
 func TestRunDoesNotSpinWhileAPartitionIsBusy(t *testing.T) {
+	onBackends(t, testRunDoesNotSpinWhileAPartitionIsBusy)
+}
+
+func testRunDoesNotSpinWhileAPartitionIsBusy(t *testing.T, bk backend) {
 	ctx := context.Background()
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	h := &counter{}
 	rdb.AddHook(h)
 	seg := newSegmenter(t, redistest.Namespace(t), rdb)
@@ -93,8 +97,12 @@ func TestRunDoesNotSpinWhileAPartitionIsBusy(t *testing.T) {
 }
 
 func TestAckWithLostReplyLeavesNoFetchLoop(t *testing.T) {
+	onBackends(t, testAckWithLostReplyLeavesNoFetchLoop)
+}
+
+func testAckWithLostReplyLeavesNoFetchLoop(t *testing.T, bk backend) {
 	ctx := context.Background()
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	h := &counter{}
 	rdb.AddHook(h)
 	seg := newSegmenter(t, redistest.Namespace(t), rdb)

@@ -28,7 +28,7 @@ func checkLog(t *testing.T, rec *invariant.Recorder, opts invariant.Options) {
 }
 
 func TestPerKeyOrderOver10000Messages(t *testing.T) {
-	t.Run("single node", func(t *testing.T) { testPerKeyOrderOver10000Messages(t, nil) })
+	onBackends(t, func(t *testing.T, bk backend) { testPerKeyOrderOver10000Messages(t, bk.client(t)) })
 	// A client that is not a *redis.Client takes the scripts' path for
 	// every read and ack, and polls instead of blocking, as on a cluster.
 	t.Run("scripts", func(t *testing.T) { testPerKeyOrderOver10000Messages(t, scriptsClient{redistest.Client(t)}) })
@@ -91,9 +91,11 @@ func testPerKeyOrderOver10000Messages(t *testing.T, rdb redis.UniversalClient) {
 	checkLog(t, rec, invariant.Options{MaxProcessingTime: 30 * time.Second, RequireAllAcked: true})
 }
 
-func TestStartPositions(t *testing.T) {
+func TestStartPositions(t *testing.T) { onBackends(t, testStartPositions) }
+
+func testStartPositions(t *testing.T, bk backend) {
 	ctx := context.Background()
-	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	seg := newSegmenter(t, redistest.Namespace(t), bk.client(t))
 	st, err := seg.RegisterStream(ctx, "s", 2, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -121,8 +123,12 @@ func TestStartPositions(t *testing.T) {
 }
 
 func TestRedeliveryComesBeforeNewerMessages(t *testing.T) {
+	onBackends(t, testRedeliveryComesBeforeNewerMessages)
+}
+
+func testRedeliveryComesBeforeNewerMessages(t *testing.T, bk backend) {
 	ctx := context.Background()
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	ns := redistest.Namespace(t)
 	seg := newSegmenter(t, ns, rdb)
 	st, err := seg.RegisterStream(ctx, "s", 1, 0)
@@ -172,9 +178,13 @@ func TestRedeliveryComesBeforeNewerMessages(t *testing.T) {
 }
 
 func TestCrashedConsumerIsTakenOverPendingFirst(t *testing.T) {
+	onBackends(t, testCrashedConsumerIsTakenOverPendingFirst)
+}
+
+func testCrashedConsumerIsTakenOverPendingFirst(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdbA, cutA := gatedClient(t)
+	rdbA, cutA := bk.gatedClient(t)
 	segA := newSegmenter(t, ns, rdbA)
 	st, err := segA.RegisterStream(ctx, "s", 4, 0)
 	if err != nil {
@@ -197,7 +207,7 @@ func TestCrashedConsumerIsTakenOverPendingFirst(t *testing.T) {
 	// A crashes holding unacked messages: it never renews, releases or acks.
 	cutA.closed.Store(true)
 
-	segB := newSegmenter(t, ns, nil)
+	segB := newSegmenter(t, ns, bk.client(t))
 	b, err := segB.RegisterConsumer(ctx, "s", "g", 50, time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -235,9 +245,13 @@ func TestCrashedConsumerIsTakenOverPendingFirst(t *testing.T) {
 }
 
 func TestFencedConsumerGetsErrFencedOnAckAndRead(t *testing.T) {
+	onBackends(t, testFencedConsumerGetsErrFencedOnAckAndRead)
+}
+
+func testFencedConsumerGetsErrFencedOnAckAndRead(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdbA, cutA := gatedClient(t)
+	rdbA, cutA := bk.gatedClient(t)
 	segA := newSegmenter(t, ns, rdbA)
 	st, err := segA.RegisterStream(ctx, "s", 2, 0)
 	if err != nil {
@@ -257,7 +271,7 @@ func TestFencedConsumerGetsErrFencedOnAckAndRead(t *testing.T) {
 	if err := ack(t, a, rec, held...); err == nil || errors.Is(err, segmenter.ErrFenced) {
 		t.Fatalf("ack while cut off: %v, want a non-fencing error", err)
 	}
-	segB := newSegmenter(t, ns, nil)
+	segB := newSegmenter(t, ns, bk.client(t))
 	b, err := segB.RegisterConsumer(ctx, "s", "g", 10, time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -319,10 +333,12 @@ func drainNoAck(t *testing.T, c *segmenter.Consumer, rec *invariant.Recorder, n 
 	return out
 }
 
-func TestShutdownHandsPartitionsOver(t *testing.T) {
+func TestShutdownHandsPartitionsOver(t *testing.T) { onBackends(t, testShutdownHandsPartitionsOver) }
+
+func testShutdownHandsPartitionsOver(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	seg := newSegmenter(t, ns, nil)
+	seg := newSegmenter(t, ns, bk.client(t))
 	st, err := seg.RegisterStream(ctx, "s", 4, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -405,9 +421,13 @@ func TestShutdownHandsPartitionsOver(t *testing.T) {
 }
 
 func TestPoisonEntryIsDeliveredInOrderNotPanicked(t *testing.T) {
+	onBackends(t, testPoisonEntryIsDeliveredInOrderNotPanicked)
+}
+
+func testPoisonEntryIsDeliveredInOrderNotPanicked(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	seg := newSegmenter(t, ns, rdb)
 	st, err := seg.RegisterStream(ctx, "s", 1, 0)
 	if err != nil {
@@ -450,9 +470,13 @@ func TestPoisonEntryIsDeliveredInOrderNotPanicked(t *testing.T) {
 }
 
 func TestTrimmedPendingMessagesAreCounted(t *testing.T) {
+	onBackends(t, testTrimmedPendingMessagesAreCounted)
+}
+
+func testTrimmedPendingMessagesAreCounted(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	logs := &logCapture{}
 	seg := newSegmenterConfig(t, segmenter.Config{Namespace: ns, Client: rdb,
 		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelError}))})
@@ -493,9 +517,13 @@ func TestTrimmedPendingMessagesAreCounted(t *testing.T) {
 }
 
 func TestDeletedStreamGivesErrGroupNotFound(t *testing.T) {
+	onBackends(t, testDeletedStreamGivesErrGroupNotFound)
+}
+
+func testDeletedStreamGivesErrGroupNotFound(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	seg := newSegmenter(t, ns, rdb)
 	if _, err := seg.RegisterStream(ctx, "s", 1, 0); err != nil {
 		t.Fatal(err)
@@ -547,9 +575,11 @@ func TestReadRespectsContextCancellation(t *testing.T) {
 	}
 }
 
-func TestNackedMessagesComeBackFirst(t *testing.T) {
+func TestNackedMessagesComeBackFirst(t *testing.T) { onBackends(t, testNackedMessagesComeBackFirst) }
+
+func testNackedMessagesComeBackFirst(t *testing.T, bk backend) {
 	ctx := context.Background()
-	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	seg := newSegmenter(t, redistest.Namespace(t), bk.client(t))
 	st, err := seg.RegisterStream(ctx, "s", 1, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -582,8 +612,12 @@ func TestNackedMessagesComeBackFirst(t *testing.T) {
 }
 
 func TestReadFillsTheBatchFromBusyPartitions(t *testing.T) {
+	onBackends(t, testReadFillsTheBatchFromBusyPartitions)
+}
+
+func testReadFillsTheBatchFromBusyPartitions(t *testing.T, bk backend) {
 	ctx := context.Background()
-	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	seg := newSegmenter(t, redistest.Namespace(t), bk.client(t))
 	st, err := seg.RegisterStream(ctx, "s", 8, 0)
 	if err != nil {
 		t.Fatal(err)

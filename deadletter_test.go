@@ -88,9 +88,11 @@ func waitServerClock(t *testing.T, rdb redis.Cmdable) {
 	}, "the server clock does not move")
 }
 
-func TestDeadLetterMovesAndAcks(t *testing.T) {
+func TestDeadLetterMovesAndAcks(t *testing.T) { onBackends(t, testDeadLetterMovesAndAcks) }
+
+func testDeadLetterMovesAndAcks(t *testing.T, bk backend) {
 	ctx := context.Background()
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	ns := redistest.Namespace(t)
 	keys := keyspace.New(ns)
 	seg := newSegmenter(t, ns, rdb)
@@ -201,9 +203,11 @@ func TestDeadLetterMovesAndAcks(t *testing.T) {
 	checkLog(t, rec, invariant.Options{MaxProcessingTime: time.Minute, RequireAllAcked: true, AllowLoss: allowLoss(bad...)})
 }
 
-func TestDeadLetterIsFenced(t *testing.T) {
+func TestDeadLetterIsFenced(t *testing.T) { onBackends(t, testDeadLetterIsFenced) }
+
+func testDeadLetterIsFenced(t *testing.T, bk backend) {
 	ctx := context.Background()
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	ns := redistest.Namespace(t)
 	keys := keyspace.New(ns)
 	seg := newSegmenter(t, ns, rdb)
@@ -247,8 +251,12 @@ func TestDeadLetterIsFenced(t *testing.T) {
 }
 
 func TestDeadLetterOfTrimmedMessageOnlyAcks(t *testing.T) {
+	onBackends(t, testDeadLetterOfTrimmedMessageOnlyAcks)
+}
+
+func testDeadLetterOfTrimmedMessageOnlyAcks(t *testing.T, bk backend) {
 	ctx := context.Background()
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	ns := redistest.Namespace(t)
 	keys := keyspace.New(ns)
 	seg := newSegmenter(t, ns, rdb)
@@ -281,8 +289,12 @@ func TestDeadLetterOfTrimmedMessageOnlyAcks(t *testing.T) {
 }
 
 func TestDeadLettersListsOldestFirstAcrossPartitions(t *testing.T) {
+	onBackends(t, testDeadLettersListsOldestFirstAcrossPartitions)
+}
+
+func testDeadLettersListsOldestFirstAcrossPartitions(t *testing.T, bk backend) {
 	ctx := context.Background()
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	ns := redistest.Namespace(t)
 	keys := keyspace.New(ns)
 	seg := newSegmenter(t, ns, rdb)
@@ -357,8 +369,12 @@ func TestDeadLettersListsOldestFirstAcrossPartitions(t *testing.T) {
 }
 
 func TestDeadLettersPagesThroughEveryPartitionOldestFirst(t *testing.T) {
+	onBackends(t, testDeadLettersPagesThroughEveryPartitionOldestFirst)
+}
+
+func testDeadLettersPagesThroughEveryPartitionOldestFirst(t *testing.T, bk backend) {
 	ctx := context.Background()
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	ns := redistest.Namespace(t)
 	keys := keyspace.New(ns)
 	seg := newSegmenter(t, ns, rdb)
@@ -426,8 +442,12 @@ func TestDeadLettersPagesThroughEveryPartitionOldestFirst(t *testing.T) {
 }
 
 func TestRedriveDeadLettersGoBackToTheirGroupOnly(t *testing.T) {
+	onBackends(t, testRedriveDeadLettersGoBackToTheirGroupOnly)
+}
+
+func testRedriveDeadLettersGoBackToTheirGroupOnly(t *testing.T, bk backend) {
 	ctx := context.Background()
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	ns := redistest.Namespace(t)
 	keys := keyspace.New(ns)
 	seg := newSegmenter(t, ns, rdb)
@@ -521,8 +541,12 @@ func TestRedriveDeadLettersGoBackToTheirGroupOnly(t *testing.T) {
 }
 
 func TestRedrivenPoisonGoesToItsGroupOnly(t *testing.T) {
+	onBackends(t, testRedrivenPoisonGoesToItsGroupOnly)
+}
+
+func testRedrivenPoisonGoesToItsGroupOnly(t *testing.T, bk backend) {
 	ctx := context.Background()
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	ns := redistest.Namespace(t)
 	keys := keyspace.New(ns)
 	seg := newSegmenter(t, ns, rdb)
@@ -610,8 +634,12 @@ func TestRedrivenPoisonGoesToItsGroupOnly(t *testing.T) {
 }
 
 func TestRedriveAndDeleteChosenDeadLetters(t *testing.T) {
+	onBackends(t, testRedriveAndDeleteChosenDeadLetters)
+}
+
+func testRedriveAndDeleteChosenDeadLetters(t *testing.T, bk backend) {
 	ctx := context.Background()
-	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	seg := newSegmenter(t, redistest.Namespace(t), bk.client(t))
 	st, err := seg.RegisterStream(ctx, "s", 1, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -731,8 +759,12 @@ func TestRedriveOfNoLettersRedrivesNothing(t *testing.T) {
 }
 
 func TestRedriveAllPagesThroughManyDeadLetters(t *testing.T) {
+	onBackends(t, testRedriveAllPagesThroughManyDeadLetters)
+}
+
+func testRedriveAllPagesThroughManyDeadLetters(t *testing.T, bk backend) {
 	ctx := context.Background()
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	ns := redistest.Namespace(t)
 	keys := keyspace.New(ns)
 	seg := newSegmenter(t, ns, rdb)
@@ -774,8 +806,12 @@ func TestRedriveAllPagesThroughManyDeadLetters(t *testing.T) {
 }
 
 func TestRedriveWithoutTheGroupIsErrGroupNotFound(t *testing.T) {
+	onBackends(t, testRedriveWithoutTheGroupIsErrGroupNotFound)
+}
+
+func testRedriveWithoutTheGroupIsErrGroupNotFound(t *testing.T, bk backend) {
 	ctx := context.Background()
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	ns := redistest.Namespace(t)
 	seg := newSegmenter(t, ns, rdb)
 	st, err := seg.RegisterStream(ctx, "s", 1, 0)

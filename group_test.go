@@ -80,9 +80,13 @@ func balanced(ws []*worker, partitions int) bool {
 }
 
 func TestJoinAndLeaveKeepBalanceAndOrder(t *testing.T) {
+	onBackends(t, testJoinAndLeaveKeepBalanceAndOrder)
+}
+
+func testJoinAndLeaveKeepBalanceAndOrder(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	seg := newSegmenter(t, ns, nil)
+	seg := newSegmenter(t, ns, bk.client(t))
 	st, err := seg.RegisterStream(ctx, "s", 16, 0)
 	if err != nil {
 		t.Fatal(err)

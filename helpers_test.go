@@ -22,6 +22,54 @@ const (
 	testBlock   = 50 * time.Millisecond
 )
 
+// backend is a Redis deployment the tests run on.
+type backend struct {
+	name   string
+	client func(t *testing.T) redis.UniversalClient
+	url    func(t *testing.T) string // for Config.RedisURL
+}
+
+// backends are the deployments every test that matters for a cluster runs
+// on: a single node, and a Redis Cluster of three primaries with a replica
+// each (internal/redistest starts both).
+var backends = []backend{
+	{"single node",
+		func(t *testing.T) redis.UniversalClient { return redistest.Client(t) },
+		func(t *testing.T) string { return redistest.Server(t).URL }},
+	{"cluster",
+		func(t *testing.T) redis.UniversalClient { return redistest.ClusterClient(t) },
+		func(t *testing.T) string { return clusterURL(redistest.Cluster(t).Addrs) }},
+}
+
+// clusterURL is the Config.RedisURL of a cluster with these seeds.
+func clusterURL(addrs []string) string {
+	u := "redis://" + addrs[0] + "?cluster=true"
+	for _, a := range addrs[1:] {
+		u += "&addr=" + a
+	}
+	return u
+}
+
+// onBackends runs f as a subtest on each backend.
+func onBackends(t *testing.T, f func(t *testing.T, b backend)) {
+	t.Helper()
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) { f(t, b) })
+	}
+}
+
+// cluster reports whether b is a Redis Cluster.
+func (b backend) cluster() bool { return b.name == "cluster" }
+
+// gatedClient returns a new client of b that the returned gate can cut off.
+func (b backend) gatedClient(t *testing.T) (redis.UniversalClient, *gate) {
+	t.Helper()
+	rdb := b.client(t)
+	g := &gate{}
+	rdb.AddHook(g)
+	return rdb, g
+}
+
 // newSegmenter returns a Segmenter on the test server in namespace ns, using
 // rdb (a client the test owns) or a fresh client when rdb is nil.
 func newSegmenter(t *testing.T, ns string, rdb redis.UniversalClient) *segmenter.Segmenter {

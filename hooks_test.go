@@ -57,9 +57,11 @@ func (l *eventLog) OnPartition(e segmenter.PartitionEvent) {
 	l.add("partition")
 }
 
-func TestHooksSeeEveryKindOfEvent(t *testing.T) {
+func TestHooksSeeEveryKindOfEvent(t *testing.T) { onBackends(t, testHooksSeeEveryKindOfEvent) }
+
+func testHooksSeeEveryKindOfEvent(t *testing.T, bk backend) {
 	ctx := context.Background()
-	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	seg := newSegmenter(t, redistest.Namespace(t), bk.client(t))
 	st, err := seg.RegisterStream(ctx, "s", 2, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -146,9 +148,13 @@ func TestNotifyShutdownFirstSignalStopsSecondAborts(t *testing.T) {
 // outcome unknown), a fenced ack with the partition lost, and, under Run, a
 // redelivery and a dead letter for too many deliveries.
 func TestHooksSeeFailedAndFencedAcksLostPartitionsAndDeadLetters(t *testing.T) {
+	onBackends(t, testHooksSeeFailedAndFencedAcksLostPartitionsAndDeadLetters)
+}
+
+func testHooksSeeFailedAndFencedAcksLostPartitionsAndDeadLetters(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdbA, cutA := gatedClient(t)
+	rdbA, cutA := bk.gatedClient(t)
 	segA := newSegmenter(t, ns, rdbA)
 	st, err := segA.RegisterStream(ctx, "s", 1, 0)
 	if err != nil {
@@ -167,7 +173,7 @@ func TestHooksSeeFailedAndFencedAcksLostPartitionsAndDeadLetters(t *testing.T) {
 	}
 	// B takes the partition once A's lease expires; A's ack is then fenced.
 	logB := &eventLog{}
-	b, err := newSegmenter(t, ns, nil).RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithHooks(logB),
+	b, err := newSegmenter(t, ns, bk.client(t)).RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithHooks(logB),
 		segmenter.WithMaxDeliveries(2), segmenter.WithConsumerName("B"))
 	if err != nil {
 		t.Fatal(err)

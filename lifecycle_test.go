@@ -121,9 +121,13 @@ func TestPartitionListenerMayCallTheConsumer(t *testing.T) {
 // was deleted) is created there again from its first entry, even for a
 // consumer that asks to start at the latest: nothing sent since is skipped.
 func TestVanishedGroupIsRecreatedFromTheStartAndReported(t *testing.T) {
+	onBackends(t, testVanishedGroupIsRecreatedFromTheStartAndReported)
+}
+
+func testVanishedGroupIsRecreatedFromTheStartAndReported(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	var reported atomic.Value
 	seg := newSegmenterConfig(t, segmenter.Config{Namespace: ns, Client: rdb,
 		OnError: func(err error) {
@@ -173,8 +177,12 @@ func (r *redeliveries) OnRedeliver(e segmenter.RedeliverEvent) {
 }
 
 func TestRedeliverHookSeesEveryRedelivery(t *testing.T) {
+	onBackends(t, testRedeliverHookSeesEveryRedelivery)
+}
+
+func testRedeliverHookSeesEveryRedelivery(t *testing.T, bk backend) {
 	ctx := context.Background()
-	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	seg := newSegmenter(t, redistest.Namespace(t), bk.client(t))
 	st, err := seg.RegisterStream(ctx, "s", 2, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -254,8 +262,12 @@ func TestRunDeadLettersAPoisonEntryWhoseHandlerFails(t *testing.T) {
 // its local validity (renewals failing): the message is handed back and
 // handled once Redis confirms the lease again.
 func TestRunStartsNoHandlerPastTheLeaseValidity(t *testing.T) {
+	onBackends(t, testRunStartsNoHandlerPastTheLeaseValidity)
+}
+
+func testRunStartsNoHandlerPastTheLeaseValidity(t *testing.T, bk backend) {
 	ctx := context.Background()
-	rdb, cut := gatedClient(t)
+	rdb, cut := bk.gatedClient(t)
 	seg := newSegmenter(t, redistest.Namespace(t), rdb)
 	st, err := seg.RegisterStream(ctx, "s", 1, 0)
 	if err != nil {
@@ -307,9 +319,13 @@ func TestRunStartsNoHandlerPastTheLeaseValidity(t *testing.T) {
 // A Shutdown whose ctx ends while messages are in flight still hands the
 // partitions over, and says so.
 func TestShutdownPastItsContextReportsTheMessagesInFlight(t *testing.T) {
+	onBackends(t, testShutdownPastItsContextReportsTheMessagesInFlight)
+}
+
+func testShutdownPastItsContextReportsTheMessagesInFlight(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	seg := newSegmenter(t, ns, nil)
+	seg := newSegmenter(t, ns, bk.client(t))
 	st, err := seg.RegisterStream(ctx, "s", 1, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -325,7 +341,7 @@ func TestShutdownPastItsContextReportsTheMessagesInFlight(t *testing.T) {
 	if err := a.Shutdown(short); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Shutdown with a message in flight past its ctx: %v, want its deadline", err)
 	}
-	b, err := newSegmenter(t, ns, nil).RegisterConsumer(ctx, "s", "g", 10, time.Minute)
+	b, err := newSegmenter(t, ns, bk.client(t)).RegisterConsumer(ctx, "s", "g", 10, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -65,9 +65,13 @@ func sendRecorded(t *testing.T, st *segmenter.Stream, from, n, keys int, recs ..
 const nodeSlack = 100
 
 func TestRetentionAckedKeepsEveryMessageALaggingGroupHasNotAcked(t *testing.T) {
+	onBackends(t, testRetentionAckedKeepsEveryMessageALaggingGroupHasNotAcked)
+}
+
+func testRetentionAckedKeepsEveryMessageALaggingGroupHasNotAcked(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	seg := newSegmenter(t, ns, rdb)
 	const maxLen, parts = 100, 2
 	st, err := seg.RegisterStream(ctx, "s", parts, maxLen, segmenter.WithRetention(segmenter.RetentionAcked))
@@ -134,9 +138,13 @@ func TestRetentionAckedKeepsEveryMessageALaggingGroupHasNotAcked(t *testing.T) {
 }
 
 func TestRetentionAckedTrimsAsProducersSend(t *testing.T) {
+	onBackends(t, testRetentionAckedTrimsAsProducersSend)
+}
+
+func testRetentionAckedTrimsAsProducersSend(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	seg := newSegmenter(t, ns, rdb)
 	const maxLen = 100
 	st, err := seg.RegisterStream(ctx, "s", 2, maxLen, segmenter.WithRetention(segmenter.RetentionAcked))
@@ -210,9 +218,13 @@ func (l *logCapture) records(t *testing.T, msg string) []map[string]any {
 }
 
 func TestRetentionMaxLenCountsMessagesTrimmedBeforeTheGroupReadThem(t *testing.T) {
+	onBackends(t, testRetentionMaxLenCountsMessagesTrimmedBeforeTheGroupReadThem)
+}
+
+func testRetentionMaxLenCountsMessagesTrimmedBeforeTheGroupReadThem(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	logs := &logCapture{}
 	seg := newSegmenterConfig(t, segmenter.Config{Namespace: ns, Client: rdb,
 		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelError}))})
@@ -304,9 +316,13 @@ func TestRetentionMaxLenCountsMessagesTrimmedBeforeTheGroupReadThem(t *testing.T
 }
 
 func TestCheckRetentionOnADeletedPartitionIsErrGroupNotFound(t *testing.T) {
+	onBackends(t, testCheckRetentionOnADeletedPartitionIsErrGroupNotFound)
+}
+
+func testCheckRetentionOnADeletedPartitionIsErrGroupNotFound(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	seg := newSegmenter(t, ns, rdb)
 	// Three partitions: one check covers them all; only the deleted one
 	// fails.
@@ -412,9 +428,13 @@ func TestRetentionIsPartOfTheStreamMetadata(t *testing.T) {
 }
 
 func TestTrimOfAStreamWithMaxLenRetention(t *testing.T) {
+	onBackends(t, testTrimOfAStreamWithMaxLenRetention)
+}
+
+func testTrimOfAStreamWithMaxLenRetention(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	seg := newSegmenter(t, ns, rdb)
 	unbounded, err := seg.RegisterStream(ctx, "unbounded", 1, 0)
 	if err != nil {

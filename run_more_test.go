@@ -46,9 +46,13 @@ func receive[T any](t *testing.T, ch <-chan T, what string) T {
 }
 
 func TestRunCancelsHandlerContextWhenFenced(t *testing.T) {
+	onBackends(t, testRunCancelsHandlerContextWhenFenced)
+}
+
+func testRunCancelsHandlerContextWhenFenced(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdbA, cutA := gatedClient(t)
+	rdbA, cutA := bk.gatedClient(t)
 	segA := newSegmenter(t, ns, rdbA)
 	st, err := segA.RegisterStream(ctx, "s", 1, 0)
 	if err != nil {
@@ -67,7 +71,7 @@ func TestRunCancelsHandlerContextWhenFenced(t *testing.T) {
 	// A is cut off (paused, partitioned) while its handler runs; B takes
 	// the partition once A's lease expires.
 	cutA.closed.Store(true)
-	segB := newSegmenter(t, ns, nil)
+	segB := newSegmenter(t, ns, bk.client(t))
 	b, err := segB.RegisterConsumer(ctx, "s", "g", 10, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -310,6 +314,10 @@ func TestRunRetryBackoffWaits(t *testing.T) {
 // a failing message holds back others and a slow handler runs past
 // maxProcessingTime: none of them is delivered again meanwhile.
 func TestRunInFlightMessagesDoNotComeDue(t *testing.T) {
+	onBackends(t, testRunInFlightMessagesDoNotComeDue)
+}
+
+func testRunInFlightMessagesDoNotComeDue(t *testing.T, bk backend) {
 	const maxProc = 300 * time.Millisecond
 	const failFor = 6 * maxProc // the failing key fails this long, then succeeds
 	const slowFor = 3 * maxProc // the slow message's handler runs this long
@@ -322,7 +330,7 @@ func TestRunInFlightMessagesDoNotComeDue(t *testing.T) {
 	} {
 		t.Run(mode.name, func(t *testing.T) {
 			ctx := context.Background()
-			seg := newSegmenter(t, redistest.Namespace(t), nil)
+			seg := newSegmenter(t, redistest.Namespace(t), bk.client(t))
 			st, err := seg.RegisterStream(ctx, "s", 1, 0)
 			if err != nil {
 				t.Fatal(err)

@@ -72,10 +72,10 @@ func waitAcked(t *testing.T, rec *invariant.Recorder, timeout time.Duration) {
 
 // recordedConsumer registers stream "s" of the given partitions in a new
 // namespace and a consumer of group "g" whose deliveries and acks rec logs.
-func recordedConsumer(t *testing.T, partitions, batch int, maxProc time.Duration) (*segmenter.Stream, *segmenter.Consumer, *invariant.Recorder) {
+func recordedConsumer(t *testing.T, rdb redis.UniversalClient, partitions, batch int, maxProc time.Duration) (*segmenter.Stream, *segmenter.Consumer, *invariant.Recorder) {
 	t.Helper()
 	ctx := context.Background()
-	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	seg := newSegmenter(t, redistest.Namespace(t), rdb)
 	st, err := seg.RegisterStream(ctx, "s", partitions, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +89,11 @@ func recordedConsumer(t *testing.T, partitions, batch int, maxProc time.Duration
 }
 
 func TestRunHandlesPartitionsConcurrentlyEachInOrder(t *testing.T) {
-	st, c, rec := recordedConsumer(t, 8, 100, 10*time.Second)
+	onBackends(t, testRunHandlesPartitionsConcurrentlyEachInOrder)
+}
+
+func testRunHandlesPartitionsConcurrentlyEachInOrder(t *testing.T, bk backend) {
+	st, c, rec := recordedConsumer(t, bk.client(t), 8, 100, 10*time.Second)
 	sendKeyed(t, st, rec, 64, 3000)
 	var mu sync.Mutex
 	active := map[uint32]int{}
@@ -125,7 +129,11 @@ func TestRunHandlesPartitionsConcurrentlyEachInOrder(t *testing.T) {
 }
 
 func TestRunPerKeyConcurrencyKeepsEachKeyInOrder(t *testing.T) {
-	st, c, rec := recordedConsumer(t, 1, 100, 10*time.Second)
+	onBackends(t, testRunPerKeyConcurrencyKeepsEachKeyInOrder)
+}
+
+func testRunPerKeyConcurrencyKeepsEachKeyInOrder(t *testing.T, bk backend) {
+	st, c, rec := recordedConsumer(t, bk.client(t), 1, 100, 10*time.Second)
 	sendKeyed(t, st, rec, 16, 2000)
 	var mu sync.Mutex
 	activeKey := map[string]int{}
@@ -164,7 +172,7 @@ func TestRunPerKeyConcurrencyKeepsEachKeyInOrder(t *testing.T) {
 // the handlers running at once, to n, from the first fetch on: a batch
 // larger than n with more than n keys in it does not start a handler each.
 func TestRunPerKeyConcurrencyBoundsHandlersInFlight(t *testing.T) {
-	st, c, rec := recordedConsumer(t, 1, 500, 10*time.Second)
+	st, c, rec := recordedConsumer(t, nil, 1, 500, 10*time.Second)
 	sendKeyed(t, st, rec, 200, 600)
 	const bound = 8
 	var mu sync.Mutex
@@ -266,8 +274,12 @@ func TestRunAbortAloneStopsRun(t *testing.T) {
 }
 
 func TestRunRetriesThenSucceedsInOrder(t *testing.T) {
+	onBackends(t, testRunRetriesThenSucceedsInOrder)
+}
+
+func testRunRetriesThenSucceedsInOrder(t *testing.T, bk backend) {
 	ctx := context.Background()
-	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	seg := newSegmenter(t, redistest.Namespace(t), bk.client(t))
 	st, err := seg.RegisterStream(ctx, "s", 1, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -320,8 +332,12 @@ func (h handlerHook) OnHandlerStart(segmenter.HandlerEvent) {}
 func (h handlerHook) OnHandlerEnd(e segmenter.HandlerEvent) { h(e) }
 
 func TestRunFailingKeyHoldsBackOnlyItself(t *testing.T) {
+	onBackends(t, testRunFailingKeyHoldsBackOnlyItself)
+}
+
+func testRunFailingKeyHoldsBackOnlyItself(t *testing.T, bk backend) {
 	ctx := context.Background()
-	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	seg := newSegmenter(t, redistest.Namespace(t), bk.client(t))
 	st, err := seg.RegisterStream(ctx, "s", 1, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -360,9 +376,13 @@ func TestRunFailingKeyHoldsBackOnlyItself(t *testing.T) {
 }
 
 func TestRunCancelsHandlerContextOnRevocation(t *testing.T) {
+	onBackends(t, testRunCancelsHandlerContextOnRevocation)
+}
+
+func testRunCancelsHandlerContextOnRevocation(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	seg := newSegmenter(t, ns, nil)
+	seg := newSegmenter(t, ns, bk.client(t))
 	st, err := seg.RegisterStream(ctx, "s", 2, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -485,8 +505,12 @@ func TestRunValidatesItsArguments(t *testing.T) {
 }
 
 func TestRunRetryExhaustionDeadLettersThenRedrive(t *testing.T) {
+	onBackends(t, testRunRetryExhaustionDeadLettersThenRedrive)
+}
+
+func testRunRetryExhaustionDeadLettersThenRedrive(t *testing.T, bk backend) {
 	ctx := context.Background()
-	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	seg := newSegmenter(t, redistest.Namespace(t), bk.client(t))
 	st, err := seg.RegisterStream(ctx, "s", 1, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -581,10 +605,12 @@ func TestReadDeadLettersMessagesDeliveredTooOften(t *testing.T) {
 	}
 }
 
-func TestPoisonPolicies(t *testing.T) {
+func TestPoisonPolicies(t *testing.T) { onBackends(t, testPoisonPolicies) }
+
+func testPoisonPolicies(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	seg := newSegmenter(t, ns, rdb)
 	st, err := seg.RegisterStream(ctx, "s", 1, 0)
 	if err != nil {

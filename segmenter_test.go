@@ -68,10 +68,12 @@ func TestNewSegmenterRejectsBadConfig(t *testing.T) {
 	}
 }
 
-func TestBadInputWritesNothing(t *testing.T) {
+func TestBadInputWritesNothing(t *testing.T) { onBackends(t, testBadInputWritesNothing) }
+
+func testBadInputWritesNothing(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	seg := newSegmenter(t, ns, rdb)
 	long := strings.Repeat("s", segmenter.MaxNameLength+1)
 
@@ -136,7 +138,7 @@ func TestBadInputWritesNothing(t *testing.T) {
 	}
 	// Group g1's only consumer is frozen: its membership and leases stay
 	// in Redis, unchanged.
-	rdb1 := redistest.Client(t)
+	rdb1 := bk.client(t)
 	freeze := &freezer{}
 	rdb1.AddHook(freeze)
 	g1, err := newSegmenter(t, ns, rdb1).RegisterConsumer(ctx, "orders", "g1", 3, time.Minute)
@@ -273,9 +275,13 @@ func TestBadInputWritesNothing(t *testing.T) {
 }
 
 func TestRegisterStreamIsIdempotentAndDetectsConflicts(t *testing.T) {
+	onBackends(t, testRegisterStreamIsIdempotentAndDetectsConflicts)
+}
+
+func testRegisterStreamIsIdempotentAndDetectsConflicts(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	seg := newSegmenter(t, ns, nil)
+	seg := newSegmenter(t, ns, bk.client(t))
 	st, err := seg.RegisterStream(ctx, "payments", 16, 1000)
 	if err != nil {
 		t.Fatal(err)
@@ -284,7 +290,7 @@ func TestRegisterStreamIsIdempotentAndDetectsConflicts(t *testing.T) {
 		t.Fatalf("stream %+v", st)
 	}
 	// Another process of the namespace sees the same stream.
-	other := newSegmenter(t, ns, nil)
+	other := newSegmenter(t, ns, bk.client(t))
 	if _, err := other.RegisterStream(ctx, "payments", 16, 1000); err != nil {
 		t.Fatalf("same parameters again: %v", err)
 	}
@@ -309,13 +315,15 @@ func TestRegisterStreamIsIdempotentAndDetectsConflicts(t *testing.T) {
 	}
 }
 
-func TestConcurrentRegisterStream(t *testing.T) {
+func TestConcurrentRegisterStream(t *testing.T) { onBackends(t, testConcurrentRegisterStream) }
+
+func testConcurrentRegisterStream(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
 	const n = 8
 	segs := make([]*segmenter.Segmenter, n)
 	for i := range segs {
-		segs[i] = newSegmenter(t, ns, nil)
+		segs[i] = newSegmenter(t, ns, bk.client(t))
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, n)
@@ -352,10 +360,12 @@ func TestConcurrentRegisterStream(t *testing.T) {
 	}
 }
 
-func TestEntriesAreReadableWithXRANGE(t *testing.T) {
+func TestEntriesAreReadableWithXRANGE(t *testing.T) { onBackends(t, testEntriesAreReadableWithXRANGE) }
+
+func testEntriesAreReadableWithXRANGE(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	seg := newSegmenter(t, ns, rdb)
 	st, err := seg.RegisterStream(ctx, "s", 3, 0)
 	if err != nil {
@@ -381,11 +391,12 @@ func TestEntriesAreReadableWithXRANGE(t *testing.T) {
 	}
 }
 
-func TestCloseLeavesNoGoroutines(t *testing.T) {
+func TestCloseLeavesNoGoroutines(t *testing.T) { onBackends(t, testCloseLeavesNoGoroutines) }
+
+func testCloseLeavesNoGoroutines(t *testing.T, bk backend) {
 	ctx := context.Background()
-	srv := redistest.Server(t)
 	// The client is built from the URL, so Close must close it too.
-	seg, err := segmenter.NewSegmenter(&segmenter.Config{Namespace: redistest.Namespace(t), RedisURL: srv.URL, SessionTimeout: testSession, BlockInterval: testBlock})
+	seg, err := segmenter.NewSegmenter(&segmenter.Config{Namespace: redistest.Namespace(t), RedisURL: bk.url(t), SessionTimeout: testSession, BlockInterval: testBlock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,9 +433,11 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	}
 }
 
-func TestUserClientIsNotClosed(t *testing.T) {
+func TestUserClientIsNotClosed(t *testing.T) { onBackends(t, testUserClientIsNotClosed) }
+
+func testUserClientIsNotClosed(t *testing.T, bk backend) {
 	ctx := context.Background()
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	seg, err := segmenter.NewSegmenter(&segmenter.Config{Namespace: redistest.Namespace(t), Client: rdb})
 	if err != nil {
 		t.Fatal(err)

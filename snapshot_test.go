@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,14 +25,27 @@ import (
 func snapshot(t *testing.T, rdb redis.UniversalClient, ns string) map[string]string {
 	t.Helper()
 	ctx := context.Background()
+	var mu sync.Mutex
 	var keys []string
-	// seg:{ns}... and seg:{ns:...}..., not the keys of namespaces that
-	// merely start with ns.
-	iter := rdb.Scan(ctx, 0, "seg:{"+ns+"[}:]*", 1000).Iterator()
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
+	scan := func(ctx context.Context, node redis.Cmdable) error {
+		// seg:{ns}... and seg:{ns:...}..., not the keys of namespaces that
+		// merely start with ns.
+		iter := node.Scan(ctx, 0, "seg:{"+ns+"[}:]*", 1000).Iterator()
+		for iter.Next(ctx) {
+			mu.Lock()
+			keys = append(keys, iter.Val())
+			mu.Unlock()
+		}
+		return iter.Err()
 	}
-	if err := iter.Err(); err != nil {
+	var err error
+	if cl, ok := rdb.(*redis.ClusterClient); ok {
+		// Every primary holds a share of the keys.
+		err = cl.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return scan(ctx, node) })
+	} else {
+		err = scan(ctx, rdb)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	out := make(map[string]string, len(keys))

@@ -87,9 +87,13 @@ func (h *xreadLog) len() int {
 // UNBLOCK, then a new XREAD): its next message wakes Read, which would
 // otherwise wait out the watcher's XREAD (longer than Read's maxWait here).
 func TestReadWakesForAPartitionThatWentQuietWhileTheWatcherWaited(t *testing.T) {
+	onBackends(t, testReadWakesForAPartitionThatWentQuietWhileTheWatcherWaited)
+}
+
+func testReadWakesForAPartitionThatWentQuietWhileTheWatcherWaited(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	hook := &xreadLog{}
 	rdb.AddHook(hook)
 	seg, err := segmenter.NewSegmenter(&segmenter.Config{Namespace: ns, Client: rdb, SessionTimeout: testSession})
@@ -102,7 +106,7 @@ func TestReadWakesForAPartitionThatWentQuietWhileTheWatcherWaited(t *testing.T) 
 		t.Fatal(err)
 	}
 	// B (its own Segmenter, so its own watcher) shares the partitions with A.
-	b, err := newSegmenter(t, ns, nil).RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("B"))
+	b, err := newSegmenter(t, ns, bk.client(t)).RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("B"))
 	if err != nil {
 		t.Fatal(err)
 	}
