@@ -166,7 +166,7 @@ type Segmenter struct {
 	closed    bool
 	consumers map[*Consumer]struct{}
 	notify    notifier
-	watch     entryWatcher
+	watch     watchers
 }
 
 // NewSegmenter validates cfg, connects (when given a URL) and returns a

@@ -17,17 +17,26 @@ import (
 // (CLIENT UNBLOCK), so that no quiet partition goes unwatched; where CLIENT
 // UNBLOCK is refused (an ACL), the XREAD blocks for short times instead.
 //
-// It serves single-node clients (*redis.Client, Sentinel included): one
-// XREAD cannot span the slots of a cluster, whose consumers poll instead.
-// The goroutine runs while there are subscribers, and Close waits for it.
+// On a single node (*redis.Client, Sentinel included) a Segmenter has one;
+// on a Redis Cluster, one per quiet partition key, on the primary serving
+// its slot (see watchers). The goroutine runs while there are subscribers,
+// and Close waits for it.
 type entryWatcher struct {
 	seg *Segmenter
+	// node returns the client of the Redis node to block on: the
+	// Segmenter's own client on a single node; on a cluster, a client of
+	// the primary serving the watched key's slot (see watchers).
+	node func(ctx context.Context) (*redis.Client, error)
+	// failed, if set, is told of an XREAD that failed (a node gone, a slot
+	// moved) before the watcher connects again.
+	failed func(err error)
 
 	mu       sync.Mutex
 	subs     map[*Consumer]map[string]string // consumer -> stream key -> from ID
 	armed    map[string]string               // the XREAD in flight: key -> from ID
 	seq      uint64                          // counts the XREADs sent
 	id       int64                           // the connection's client ID (0: unknown)
+	client   *redis.Client                   // the node client the connection came from
 	noUnblk  bool                            // CLIENT UNBLOCK was refused
 	running  bool
 	retrying bool   // an unblocker goroutine runs
@@ -44,27 +53,20 @@ const (
 	shortBlock = 20 * time.Millisecond
 )
 
-func (w *entryWatcher) init(s *Segmenter) {
-	w.seg = s
-	w.subs = make(map[*Consumer]map[string]string)
-	w.wake = make(chan struct{}, 1)
+func newEntryWatcher(s *Segmenter, node func(ctx context.Context) (*redis.Client, error)) *entryWatcher {
+	return &entryWatcher{
+		seg:  s,
+		node: node,
+		subs: make(map[*Consumer]map[string]string),
+		wake: make(chan struct{}, 1),
+	}
 }
 
-// usable reports whether the Segmenter's client can run the watcher.
-func (w *entryWatcher) usable() bool {
-	_, ok := w.seg.rdb.(*redis.Client)
-	return ok
-}
-
-// watch makes from (partition -> the newest entry ID c has seen in it) c's
-// quiet set: c hears of an entry newer than from[p] in any p of it. It
+// watch makes sub (stream key -> the newest entry ID c has seen in it) c's
+// quiet set: c hears of an entry newer than sub[k] in any k of it. It
 // returns at once, after re-arming the XREAD in flight when it does not
 // cover the set.
-func (w *entryWatcher) watch(c *Consumer, from map[int]string) {
-	sub := make(map[string]string, len(from))
-	for p, id := range from {
-		sub[c.stream.keys[p]] = id
-	}
+func (w *entryWatcher) watch(c *Consumer, sub map[string]string) {
 	w.mu.Lock()
 	if w.closed || c.shutdownStarted.Load() {
 		// (Shutdown's unwatch may have run already: no stale subscription.)
@@ -143,7 +145,7 @@ func (w *entryWatcher) unblocker(id int64) {
 			return
 		}
 		w.mu.Unlock()
-		n, err := w.seg.rdb.ClientUnblock(ctx, id).Result()
+		n, err := w.unblockClient().ClientUnblock(ctx, id).Result()
 		if err == nil && n == 1 {
 			w.mu.Lock()
 			done := w.rearmSeq == seq // else a later request came: go on
@@ -181,7 +183,7 @@ func (w *entryWatcher) unblock(ctx context.Context, seq uint64, id int64) bool {
 	if !pending {
 		return true // it returned: the next XREAD has the new set
 	}
-	n, err := w.seg.rdb.ClientUnblock(ctx, id).Result()
+	n, err := w.unblockClient().ClientUnblock(ctx, id).Result()
 	if err != nil {
 		if redis.HasErrorPrefix(err, "NOPERM") || redis.HasErrorPrefix(err, "ERR unknown") {
 			w.mu.Lock()
@@ -223,47 +225,22 @@ func (w *entryWatcher) run() {
 			w.mu.Unlock()
 			return
 		}
+		w.mu.Unlock()
+		var err error
 		if conn == nil {
-			w.mu.Unlock()
-			conn = w.seg.rdb.(*redis.Client).Conn()
-			id, err := conn.ClientID(ctx).Result()
-			if err != nil {
-				id = 0
-			}
+			conn, err = w.connect(ctx)
+		}
+		var res []redis.XStream
+		if err == nil {
 			w.mu.Lock()
-			w.id = id
 			if w.closed {
 				w.mu.Unlock()
 				continue
 			}
+			streams, block := w.armLocked()
+			w.mu.Unlock()
+			res, err = conn.XRead(ctx, &redis.XReadArgs{Streams: streams, Count: 1, Block: block}).Result()
 		}
-		armed := make(map[string]string)
-		for _, sub := range w.subs {
-			for k, id := range sub {
-				if a, ok := armed[k]; !ok || newerID(a, id) {
-					armed[k] = id // the oldest: news for any subscriber wakes it
-				}
-			}
-		}
-		streams := make([]string, 0, 2*len(armed))
-		for k := range armed {
-			streams = append(streams, k)
-		}
-		for _, k := range streams[:len(armed)] {
-			streams = append(streams, armed[k])
-		}
-		w.armed = armed
-		w.seq++
-		// Re-armed by CLIENT UNBLOCK whenever its set must change (and at
-		// Close), the XREAD can block long: an idle Segmenter costs Redis
-		// one call per watchBlock.
-		block := watchBlock
-		if w.noUnblk || w.id == 0 {
-			block = shortBlock
-		}
-		w.mu.Unlock()
-
-		res, err := conn.XRead(ctx, &redis.XReadArgs{Streams: streams, Count: 1, Block: block}).Result()
 
 		notify := make(map[*Consumer][]string)
 		w.mu.Lock()
@@ -299,11 +276,79 @@ func (w *entryWatcher) run() {
 		}
 		if failed && !closed {
 			// A broken connection is replaced; either way, do not spin.
-			_ = conn.Close()
-			conn = nil
-			w.pause(w.seg.cfg.BlockInterval)
+			if conn != nil {
+				_ = conn.Close()
+				conn = nil
+			}
+			w.fail(err)
 		}
 	}
+}
+
+// connect opens the watcher's connection to its node and learns its client
+// ID (for CLIENT UNBLOCK).
+func (w *entryWatcher) connect(ctx context.Context) (*redis.Conn, error) {
+	client, err := w.node(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conn := client.Conn()
+	id, err := conn.ClientID(ctx).Result()
+	if err != nil {
+		id = 0
+	}
+	w.mu.Lock()
+	w.id, w.client = id, client
+	w.mu.Unlock()
+	return conn, nil
+}
+
+// armLocked returns the XREAD arguments covering every subscription (from
+// the oldest position any subscriber waits from) and its block time, and
+// records them as the XREAD in flight.
+func (w *entryWatcher) armLocked() ([]string, time.Duration) {
+	armed := make(map[string]string)
+	for _, sub := range w.subs {
+		for k, id := range sub {
+			if a, ok := armed[k]; !ok || newerID(a, id) {
+				armed[k] = id // the oldest: news for any subscriber wakes it
+			}
+		}
+	}
+	streams := make([]string, 0, 2*len(armed))
+	for k := range armed {
+		streams = append(streams, k)
+	}
+	for _, k := range streams[:len(armed)] {
+		streams = append(streams, armed[k])
+	}
+	w.armed = armed
+	w.seq++
+	// Re-armed by CLIENT UNBLOCK whenever its set must change (and at
+	// Close), the XREAD can block long: an idle Segmenter costs Redis one
+	// call per watchBlock.
+	block := watchBlock
+	if w.noUnblk || w.id == 0 {
+		block = shortBlock
+	}
+	return streams, block
+}
+
+// fail reports a failed connection or XREAD and waits a BlockInterval
+// (less when the watcher closes) before the next attempt.
+func (w *entryWatcher) fail(err error) {
+	if w.failed != nil {
+		w.failed(err)
+	}
+	w.pause(w.seg.cfg.BlockInterval)
+}
+
+// unblockClient returns a client of the node the watcher's connection is
+// on, for CLIENT UNBLOCK.
+func (w *entryWatcher) unblockClient() *redis.Client {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.client
 }
 
 // pause waits d, or less when the watcher closes.
@@ -325,8 +370,9 @@ func (w *entryWatcher) pause(d time.Duration) {
 	}
 }
 
-// close stops the watcher and waits for its goroutines.
-func (w *entryWatcher) close() {
+// shut marks the watcher closed: its goroutine ends once its XREAD
+// returns.
+func (w *entryWatcher) shut() {
 	w.mu.Lock()
 	w.closed = true
 	w.mu.Unlock()
@@ -334,6 +380,11 @@ func (w *entryWatcher) close() {
 	case w.wake <- struct{}{}:
 	default:
 	}
+}
+
+// close stops the watcher and waits for its goroutines.
+func (w *entryWatcher) close() {
+	w.shut()
 	// Unblock the XREAD, also one still on its way to Redis (for a while:
 	// else it ends by itself within its block).
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)

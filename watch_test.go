@@ -3,6 +3,7 @@ package segmenter_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -133,9 +134,18 @@ func testReadWakesForAPartitionThatWentQuietWhileTheWatcherWaited(t *testing.T, 
 	if err := b.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	redistest.Eventually(t, 10*time.Second, func() bool {
-		return hook.rearmedWith(mark, keys.Partition("s", mine), keys.Partition("s", other))
-	}, "the watcher was not re-armed with the partition that went quiet")
+	if cl, ok := rdb.(*redis.ClusterClient); ok {
+		// On a cluster each quiet partition has an XREAD of its own, on
+		// the primary serving it.
+		want := servedBy(t, cl, keys.Partition("s", mine), keys.Partition("s", other))
+		redistest.Eventually(t, 10*time.Second, func() bool {
+			return maps.Equal(blockedReads(t, cl, ns), want)
+		}, "no XREAD blocked on the primary of the partition that went quiet")
+	} else {
+		redistest.Eventually(t, 10*time.Second, func() bool {
+			return hook.rearmedWith(mark, keys.Partition("s", mine), keys.Partition("s", other))
+		}, "the watcher was not re-armed with the partition that went quiet")
+	}
 	send(t, st, nil, msg(keyFor(t, st, other, 0), "m"))
 	m := <-done
 	if len(m) != 1 || string(m[0].Data) != "m" {
@@ -144,4 +154,46 @@ func testReadWakesForAPartitionThatWentQuietWhileTheWatcherWaited(t *testing.T, 
 	if err := a.Ack(ctx, m...); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// blockedReads returns, per primary of the cluster, how many XREADs of the
+// watchers of namespace ns are blocked there.
+func blockedReads(t *testing.T, rdb *redis.ClusterClient, ns string) map[string]int {
+	t.Helper()
+	ctx := context.Background()
+	var mu sync.Mutex
+	out := map[string]int{}
+	err := rdb.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+		list, err := node.ClientList(ctx).Result()
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(list, "\n") {
+			if strings.Contains(line, " name=segmenter-watch:"+ns+" ") && strings.Contains(line, " cmd=xread ") && strings.Contains(line, " flags=b ") {
+				mu.Lock()
+				out[node.Options().Addr]++
+				mu.Unlock()
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// servedBy returns, per primary of the cluster, how many of keys its slots
+// hold.
+func servedBy(t *testing.T, rdb *redis.ClusterClient, keys ...string) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, k := range keys {
+		node, err := rdb.MasterForKey(context.Background(), k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[node.Options().Addr]++
+	}
+	return out
 }
