@@ -6,6 +6,7 @@ import (
 	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,10 +35,11 @@ func TestClusterPartitionsSpreadOverEveryPrimary(t *testing.T) {
 	for p := range 16 {
 		streams = append(streams, keys.Partition("s", p))
 	}
-	primaries := 0
-	if err := rdb.ForEachMaster(ctx, func(context.Context, *redis.Client) error { primaries++; return nil }); err != nil {
+	var n atomic.Int32 // ForEachMaster runs the primaries concurrently
+	if err := rdb.ForEachMaster(ctx, func(context.Context, *redis.Client) error { n.Add(1); return nil }); err != nil {
 		t.Fatal(err)
 	}
+	primaries := int(n.Load())
 	if got := servedBy(t, rdb, streams...); len(got) != primaries {
 		t.Fatalf("16 partitions on %d primaries (%v), want all %d", len(got), got, primaries)
 	}

@@ -500,6 +500,11 @@ func (c *Consumer) loop() {
 	}
 }
 
+// tickTimeout bounds the round trip of one tick of the background loop to
+// half the session: with a heartbeat interval of at most half the session,
+// heartbeats are never further apart than the session.
+func (c *Consumer) tickTimeout() time.Duration { return c.session() / 2 }
+
 func (c *Consumer) wakeLoop() {
 	select {
 	case c.wake <- struct{}{}:
@@ -551,7 +556,13 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 	c.mu.Unlock()
 
 	sent := time.Now()
-	res := rebalance.RunTick(ctx, c.seg.rdb, t)
+	// Bounded, so that a node that does not answer (a cluster node cut
+	// off, whose commands go-redis retries) cannot hold the heartbeats up
+	// past the session: the member stays in its group, and only the
+	// partitions on that node pause.
+	tctx, cancel := context.WithTimeout(ctx, c.tickTimeout())
+	res := rebalance.RunTick(tctx, c.seg.rdb, t)
+	cancel()
 	quiet := ctx.Err() != nil // shutting down: record what happened, report nothing
 
 	c.mu.Lock()

@@ -145,6 +145,7 @@ func (st *Stream) Send(ctx context.Context, m *contracts.PMessage) (string, erro
 	if !st.trimDue(p, 1) {
 		id, err := st.xadd(ctx, st.seg.rdb, p, m).Result()
 		if err != nil {
+			rebalance.FollowTopology(st.seg.rdb, err)
 			return "", fmt.Errorf("segmenter: send to stream %q: %w", st.name, err)
 		}
 		return id, nil
@@ -156,6 +157,7 @@ func (st *Stream) Send(ctx context.Context, m *contracts.PMessage) (string, erro
 	id, err := cmd.Result()
 	st.finishTrims(ctx, []int{p}, []*rebalance.QueuedTrim{trim}, err)
 	if err != nil {
+		rebalance.FollowTopology(st.seg.rdb, err)
 		return "", fmt.Errorf("segmenter: send to stream %q: %w", st.name, err)
 	}
 	return id, nil
@@ -278,6 +280,7 @@ func (st *Stream) SendBatch(ctx context.Context, msgs []*contracts.PMessage) (id
 	}
 	st.finishTrims(ctx, trimParts, trims, err)
 	if err != nil {
+		rebalance.FollowTopology(st.seg.rdb, err)
 		return ids, fmt.Errorf("segmenter: send batch to stream %q: %w", st.name, err)
 	}
 	return ids, nil

@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/segmenter/segmenter/rebalance"
 )
 
 // watchers hands the quiet partitions of a Segmenter's consumers to entry
@@ -102,7 +104,7 @@ func (ws *watchers) watch(c *Consumer, from map[int]string) {
 			w := ws.byKey[k]
 			if w == nil {
 				w = newEntryWatcher(ws.seg, ws.nodeOf(rdb, k))
-				w.failed = func(error) { rdb.ReloadState(context.Background()) }
+				w.failed = func(err error) { rebalance.FollowTopology(rdb, err) }
 				ws.byKey[k] = w
 			}
 			changes = append(changes, change{w, map[string]string{k: id}})

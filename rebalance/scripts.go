@@ -83,14 +83,19 @@ func (b *batch) exec(ctx context.Context, rdb redis.Cmdable) {
 			retry = append(retry, c)
 		}
 	}
-	if len(retry) == 0 {
-		return
+	if len(retry) > 0 {
+		pipe = rdb.Pipeline()
+		for _, c := range retry {
+			c.cmd = pipe.Eval(ctx, c.script.src, c.keys, c.args...)
+		}
+		_, _ = pipe.Exec(ctx)
 	}
-	pipe = rdb.Pipeline()
-	for _, c := range retry {
-		c.cmd = pipe.Eval(ctx, c.script.src, c.keys, c.args...)
+	for _, c := range b.calls {
+		if err := c.cmd.Err(); err != nil {
+			FollowTopology(rdb, err) // a cluster that changed: learn it
+			break
+		}
 	}
-	_, _ = pipe.Exec(ctx)
 }
 
 func isNoScript(err error) bool {

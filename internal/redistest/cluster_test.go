@@ -3,6 +3,7 @@ package redistest
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,13 +17,14 @@ func TestSharedCluster(t *testing.T) {
 	}
 	ctx := context.Background()
 	rdb := info.Client(t)
-	primaries := 0
+	var n atomic.Int32 // ForEachMaster runs the primaries concurrently
 	if err := rdb.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
-		primaries++
+		n.Add(1)
 		return c.Ping(ctx).Err()
 	}); err != nil {
 		t.Fatal(err)
 	}
+	primaries := int(n.Load())
 	if info.Backend == BackendProcess && primaries != clusterPrimaries {
 		t.Fatalf("%d primaries, want %d", primaries, clusterPrimaries)
 	}

@@ -51,6 +51,7 @@ type partEvent struct {
 	stream    string
 	partition int
 	epoch     int64
+	at        time.Time // when the test read the line
 }
 
 // gotLine is a "got" line: the first delivery of a partition under an epoch.
@@ -137,7 +138,7 @@ func (e *env) startWorker(o workerOpts) *worker {
 		t.Fatal(err)
 	}
 	w.cmd = exec.Command(workerBinary(t),
-		"-redis", e.info.URL,
+		"-redis", e.url,
 		"-namespace", e.ns,
 		"-stream", strings.Join(o.streams, ","),
 		"-group", o.group,
@@ -232,7 +233,7 @@ func (w *worker) parse(line string) {
 			p, err1 := strconv.Atoi(f[2])
 			epoch, err2 := strconv.ParseInt(f[3], 10, 64)
 			if err1 == nil && err2 == nil {
-				w.partEvents = append(w.partEvents, partEvent{kind: f[0], stream: f[1], partition: p, epoch: epoch})
+				w.partEvents = append(w.partEvents, partEvent{kind: f[0], stream: f[1], partition: p, epoch: epoch, at: time.Now()})
 			}
 		}
 	case "shutdown":
