@@ -1180,8 +1180,9 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 // wait blocks up to d for something to read: a new entry in a partition
 // found empty, a change of ownership, a delivered message coming due for
 // redelivery, a signal on extra, or the end of ctx. New entries come from
-// the Segmenter's entry watcher (a read-only XREAD BLOCK over the quiet
-// partitions of its consumers); where there is none (a cluster), quiet
+// the Segmenter's entry watchers (a read-only XREAD BLOCK over the quiet
+// partitions of its consumers: see watchers); where there are none (a
+// client other than a *redis.Client or a *redis.ClusterClient), quiet
 // partitions are polled.
 func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struct{}) error {
 	c.mu.Lock()
@@ -1191,7 +1192,6 @@ func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struc
 	}
 	var from map[int]string
 	if !c.seg.watch.usable() {
-		// One XREAD cannot span slots: poll.
 		d = min(d, c.seg.cfg.PollInterval)
 	} else if d >= time.Millisecond && !c.closing {
 		// Every quiet partition held, from the newest entry seen in it.
@@ -1239,8 +1239,8 @@ func (c *Consumer) entriesArrived(keys []string) {
 }
 
 // quietFor bounds how long a quiet partition goes unfetched. With the
-// entry watcher it is a safety net (the watcher reports news long before);
-// without one (a cluster), quiet partitions are polled this often.
+// entry watchers it is a safety net (they report news long before);
+// without them, quiet partitions are polled this often.
 func (c *Consumer) quietFor() time.Duration {
 	if c.seg.watch.usable() {
 		return 5 * time.Second

@@ -50,9 +50,15 @@
 //   - Poison entries (written to a partition by another tool) are delivered
 //     in order; Poison reports them. Under Run, one whose handler fails is
 //     dead-lettered at once.
-//   - Consumers wait for new messages in Redis (one XREAD BLOCK per
-//     Segmenter, on a connection of its own). On Redis Cluster every script
-//     touches one hash slot and consumers poll for new messages instead,
-//     since one XREAD cannot span slots.
+//   - Consumers wait for new messages in Redis, not by polling: on a single
+//     node one XREAD BLOCK per Segmenter, on a connection of its own; on a
+//     Redis Cluster, where one XREAD cannot span slots, one per empty
+//     partition, on the primary serving it.
+//   - On Redis Cluster every script touches one hash slot (a partition's
+//     stream, its leases and its dead letters share one; a group's
+//     membership and assignment another), so every fenced operation stays
+//     atomic; a failover is followed (the cluster client reloads its view
+//     when a node stops answering), and asynchronous replication can lose
+//     the last sends and acks a failed primary acknowledged.
 //   - Requires Redis 7.0 or later.
 package segmenter

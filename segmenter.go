@@ -62,9 +62,9 @@ type Config struct {
 	BlockInterval time.Duration
 
 	// PollInterval is how often a consumer looks for new messages in its
-	// empty partitions when it cannot wait for them in Redis: on a Redis
-	// Cluster, or with a client other than a *redis.Client (one XREAD
-	// cannot span slots). Default 50ms.
+	// empty partitions when it cannot wait for them in Redis: with a client
+	// other than a *redis.Client (single node, Sentinel) or a
+	// *redis.ClusterClient. Default 50ms.
 	PollInterval time.Duration
 
 	// RetentionCheckInterval is how often a consumer checks, in the

@@ -109,6 +109,7 @@ func TestBenchmarkTable(t *testing.T) {
 		{"9", figJoin},
 		{"10", figGroup},
 		{"11", figAllocs},
+		{"12", figCluster},
 	}
 	start := time.Now()
 	for _, f := range figures {
