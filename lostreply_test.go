@@ -206,23 +206,65 @@ func scriptMarker(t *testing.T, name string) []byte {
 	return []byte(redis.NewScript(string(prelude) + "\n" + string(body)).Hash())
 }
 
-// proxiedSegmenter returns a Segmenter in namespace ns whose client reaches
-// the test server through p, with go-redis' default retries.
-func proxiedSegmenter(t *testing.T, ns string, markers [][]byte, cut func(int) bool) (*segmenter.Segmenter, *lossyProxy) {
-	t.Helper()
-	opts, err := redis.ParseURL(redistest.Server(t).URL)
-	if err != nil {
-		t.Fatal(err)
+// lossyProxies are the proxies of one client: one per Redis node.
+type lossyProxies []*lossyProxy
+
+func (ps lossyProxies) lost() (n int64) {
+	for _, p := range ps {
+		n += p.lost.Load()
 	}
-	p := newLossyProxy(t, opts.Addr, markers, cut)
-	opts.Addr = p.Addr()
-	opts.MaxRetries = 3 // go-redis' default, spelled out: the retries are the point
-	rdb := redis.NewClient(opts)
+	return n
+}
+
+func (ps lossyProxies) matches() (n int64) {
+	for _, p := range ps {
+		n += p.matches.Load()
+	}
+	return n
+}
+
+// proxiedSegmenter returns a Segmenter in namespace ns whose client reaches
+// bk's Redis through lossy proxies (one per node of a cluster, which then
+// count the writes with a marker together), with go-redis' default
+// retries.
+func proxiedSegmenter(t *testing.T, bk backend, ns string, markers [][]byte, cut func(int) bool) (*segmenter.Segmenter, lossyProxies) {
+	t.Helper()
+	var rdb redis.UniversalClient
+	var ps lossyProxies
+	if bk.cluster() {
+		var writes atomic.Int64
+		shared := func(int) bool { return cut(int(writes.Add(1))) }
+		via := map[string]string{}
+		for _, addr := range redistest.Cluster(t).Addrs {
+			p := newLossyProxy(t, addr, markers, shared)
+			ps = append(ps, p)
+			via[addr] = p.Addr()
+		}
+		opts := redistest.Cluster(t).Options()
+		opts.MaxRetries = 3 // go-redis' default, spelled out: the retries are the point
+		opts.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if p, ok := via[addr]; ok {
+				addr = p
+			}
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}
+		rdb = redis.NewClusterClient(opts)
+	} else {
+		opts, err := redis.ParseURL(redistest.Server(t).URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := newLossyProxy(t, opts.Addr, markers, cut)
+		ps = append(ps, p)
+		opts.Addr = p.Addr()
+		opts.MaxRetries = 3 // go-redis' default, spelled out: the retries are the point
+		rdb = redis.NewClient(opts)
+	}
 	t.Cleanup(func() { _ = rdb.Close() })
 	seg := newSegmenterConfig(t, segmenter.Config{Namespace: ns, Client: rdb,
 		SessionTimeout: 3 * time.Second, // no lease is lost to the retries' backoff
 	})
-	return seg, p
+	return seg, ps
 }
 
 // pendingTotal is the number of messages of group pending in Redis on
@@ -343,6 +385,10 @@ func consumeThroughLostReplies(t *testing.T, c *segmenter.Consumer, rec *invaria
 }
 
 func TestLostFetchRepliesLoseNothingAndKeepOrder(t *testing.T) {
+	onBackends(t, testLostFetchRepliesLoseNothingAndKeepOrder)
+}
+
+func testLostFetchRepliesLoseNothingAndKeepOrder(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
 	// The fetch script, by EVALSHA or by EVAL (its source is the only
@@ -352,8 +398,8 @@ func TestLostFetchRepliesLoseNothingAndKeepOrder(t *testing.T) {
 	// do: the native read's first run and its three retries, then the
 	// scripts' four, so Read itself fails.
 	cut := func(n int) bool { return n%3 == 0 || n >= 30 && n <= 37 }
-	seg, proxy := proxiedSegmenter(t, ns, markers, cut)
-	direct := redistest.Client(t)
+	seg, proxy := proxiedSegmenter(t, bk, ns, markers, cut)
+	direct := bk.client(t)
 	producer := newSegmenter(t, ns, direct)
 	const partitions = 4
 	st, err := producer.RegisterStream(ctx, "s", partitions, 0)
@@ -370,9 +416,9 @@ func TestLostFetchRepliesLoseNothingAndKeepOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	delivered, readErrs, ackErrs := consumeThroughLostReplies(t, c, rec, direct, ns, partitions)
-	t.Logf("%d fetch writes, %d replies lost; %d Read and %d Ack errors; stats %+v", proxy.matches.Load(), proxy.lost.Load(), readErrs, ackErrs, c.Stats())
-	if proxy.lost.Load() < 5 || readErrs == 0 {
-		t.Fatalf("only %d fetch replies were lost and Read failed %d times: the test did not test", proxy.lost.Load(), readErrs)
+	t.Logf("%d fetch writes, %d replies lost; %d Read and %d Ack errors; stats %+v", proxy.matches(), proxy.lost(), readErrs, ackErrs, c.Stats())
+	if proxy.lost() < 5 || readErrs == 0 {
+		t.Fatalf("only %d fetch replies were lost and Read failed %d times: the test did not test", proxy.lost(), readErrs)
 	}
 	firstDeliveriesInOrder(t, delivered)
 	checkLog(t, rec, invariant.Options{MaxProcessingTime: maxProc, RequireAllAcked: true})
@@ -381,7 +427,9 @@ func TestLostFetchRepliesLoseNothingAndKeepOrder(t *testing.T) {
 	}
 }
 
-func TestLostAckRepliesAreNotFenced(t *testing.T) {
+func TestLostAckRepliesAreNotFenced(t *testing.T) { onBackends(t, testLostAckRepliesAreNotFenced) }
+
+func testLostAckRepliesAreNotFenced(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
 	// Both ack scripts (one partition's, and the one that acks several
@@ -391,8 +439,8 @@ func TestLostAckRepliesAreNotFenced(t *testing.T) {
 	// native ack and its three retries, then the scripts'), so Ack itself
 	// fails with an outcome it cannot know.
 	cut := func(n int) bool { return n%2 == 0 || n >= 20 && n <= 27 }
-	seg, proxy := proxiedSegmenter(t, ns, markers, cut)
-	direct := redistest.Client(t)
+	seg, proxy := proxiedSegmenter(t, bk, ns, markers, cut)
+	direct := bk.client(t)
 	producer := newSegmenter(t, ns, direct)
 	const partitions = 4
 	st, err := producer.RegisterStream(ctx, "s", partitions, 0)
@@ -409,9 +457,9 @@ func TestLostAckRepliesAreNotFenced(t *testing.T) {
 		t.Fatal(err)
 	}
 	delivered, readErrs, ackErrs := consumeThroughLostReplies(t, c, rec, direct, ns, partitions)
-	t.Logf("%d ack writes, %d replies lost; %d Read and %d Ack errors; stats %+v", proxy.matches.Load(), proxy.lost.Load(), readErrs, ackErrs, c.Stats())
-	if proxy.lost.Load() < 5 || ackErrs == 0 {
-		t.Fatalf("only %d ack replies were lost and Ack failed %d times: the test did not test", proxy.lost.Load(), ackErrs)
+	t.Logf("%d ack writes, %d replies lost; %d Read and %d Ack errors; stats %+v", proxy.matches(), proxy.lost(), readErrs, ackErrs, c.Stats())
+	if proxy.lost() < 5 || ackErrs == 0 {
+		t.Fatalf("only %d ack replies were lost and Ack failed %d times: the test did not test", proxy.lost(), ackErrs)
 	}
 	firstDeliveriesInOrder(t, delivered)
 	checkLog(t, rec, invariant.Options{MaxProcessingTime: maxProc, RequireAllAcked: true})
@@ -427,6 +475,10 @@ func TestLostAckRepliesAreNotFenced(t *testing.T) {
 // reply never makes a handler see a key's message after a newer one of
 // that key (the handler's work keeps messages in flight across the retry).
 func TestRunWithLostFetchRepliesKeepsEachKeysOrder(t *testing.T) {
+	onBackends(t, testRunWithLostFetchRepliesKeepsEachKeysOrder)
+}
+
+func testRunWithLostFetchRepliesKeepsEachKeysOrder(t *testing.T, bk backend) {
 	for _, mode := range []struct {
 		name string
 		opts []segmenter.RunOption
@@ -438,8 +490,8 @@ func TestRunWithLostFetchRepliesKeepsEachKeysOrder(t *testing.T) {
 			ctx := context.Background()
 			ns := redistest.Namespace(t)
 			markers := [][]byte{scriptMarker(t, "fetch"), []byte("XREADGROUP")}
-			seg, proxy := proxiedSegmenter(t, ns, markers, func(n int) bool { return n%2 == 0 })
-			direct := redistest.Client(t)
+			seg, proxy := proxiedSegmenter(t, bk, ns, markers, func(n int) bool { return n%2 == 0 })
+			direct := bk.client(t)
 			producer := newSegmenter(t, ns, direct)
 			st, err := producer.RegisterStream(ctx, "s", 2, 0)
 			if err != nil {
@@ -475,9 +527,9 @@ func TestRunWithLostFetchRepliesKeepsEachKeysOrder(t *testing.T) {
 			if err := stop(); err != nil {
 				t.Fatal(err)
 			}
-			t.Logf("%d fetch writes, %d replies lost; stats %+v", proxy.matches.Load(), proxy.lost.Load(), c.Stats())
-			if proxy.lost.Load() < 3 {
-				t.Fatalf("only %d fetch replies were lost: the test did not test", proxy.lost.Load())
+			t.Logf("%d fetch writes, %d replies lost; stats %+v", proxy.matches(), proxy.lost(), c.Stats())
+			if proxy.lost() < 3 {
+				t.Fatalf("only %d fetch replies were lost: the test did not test", proxy.lost())
 			}
 			mu.Lock()
 			defer mu.Unlock()
