@@ -194,7 +194,7 @@ func inspectStream(ctx context.Context, rdb *redis.Client, ks keyspace.Space, st
 		groupInfo[p] = make(map[string]redis.XInfoGroup)
 		gs, err := infos[p].Result()
 		if err != nil {
-			if lens[p].Val() == 0 && redis.HasErrorPrefix(err, "ERR no such key") {
+			if lens[p].Val() == 0 && redis.HasErrorPrefix(err, "no such key") { // HasErrorPrefix drops "ERR "
 				continue // the partition's stream key does not exist yet
 			}
 			return fmt.Errorf("partition %d: XINFO GROUPS: %w", p, err)
