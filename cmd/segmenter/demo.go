@@ -66,7 +66,7 @@ type demoPayload struct {
 	Seq int    `json:"seq"` // 1, 2, ... per key, in the order sent
 }
 
-func demoCommand() (*flag.FlagSet, func(context.Context, func(string) string, io.Writer, io.Writer) int) {
+func demoCommand() (*flag.FlagSet, runFunc) {
 	cfg := demoConfig{}
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.IntVar(&cfg.Messages, "messages", 2000, "number of messages to send")
@@ -74,16 +74,16 @@ func demoCommand() (*flag.FlagSet, func(context.Context, func(string) string, io
 	fs.StringVar(&cfg.Namespace, "namespace", "", "namespace of the demo's keys (default demo-<random>)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 60*time.Second, "give up when not every message was received by then")
 	verbose := fs.Bool("v", false, "log the SDK's messages (lease grants, fencing, errors) to stderr")
-	return fs, func(ctx context.Context, env func(string) string, stdout, stderr io.Writer) int {
-		cfg.RedisURL = env(envRedisURL)
+	return fs, func(ctx context.Context, inv invocation) int {
+		cfg.RedisURL = inv.env(envRedisURL)
 		if *verbose {
-			cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			cfg.Logger = slog.New(slog.NewTextHandler(inv.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		}
-		res, err := demo(ctx, cfg, stdout)
+		res, err := demo(ctx, cfg, inv.stdout)
 		if err == nil && len(res.Violations) > 0 {
 			err = fmt.Errorf("%d violation(s) of per-key order", len(res.Violations))
 		}
-		return exitCode(stderr, "demo", err)
+		return exitCode(inv.stderr, "demo", err)
 	}
 }
 
