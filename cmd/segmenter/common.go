@@ -140,12 +140,15 @@ func writeJSON(w io.Writer, v any) error {
 // ms is a duration in milliseconds for JSON.
 func ms(d time.Duration) int64 { return d.Milliseconds() }
 
-// human formats a duration for a table: to the millisecond below a second,
-// to a tenth of a second above.
+// human formats a duration for a table: to the microsecond below a
+// millisecond, to the millisecond below a second, to a tenth of a second
+// below a minute, to the second above.
 func human(d time.Duration) string {
 	switch {
 	case d < 0:
 		return "-" + human(-d)
+	case d < time.Millisecond:
+		return d.Round(time.Microsecond).String()
 	case d < time.Second:
 		return d.Round(time.Millisecond).String()
 	case d < time.Minute:

@@ -292,10 +292,11 @@ func (l *live) key(ctx context.Context, k string) (note string, quit bool, err e
 	running := lc.c != nil
 	l.mu.Unlock()
 	if running {
+		start := time.Now()
 		if err := l.stopConsumer(ctx, lc); err != nil {
 			return "", false, err
 		}
-		return lc.name + " stopped: it handed its partitions over", false, nil
+		return fmt.Sprintf("%s stopped: it handed its partitions over in %s", lc.name, human(time.Since(start))), false, nil
 	}
 	return "", false, l.startConsumer(ctx, lc.name) // noted there
 }
@@ -411,11 +412,7 @@ func (l *live) partitionEvent(name string, e segmenter.PartitionEvent) {
 		}
 		if prev := l.holder[p]; prev != "" && prev != name {
 			l.nmoves++
-			move := fmt.Sprintf("partition %d: %s -> %s", p, prev, name)
-			if at, ok := l.released[p]; ok {
-				move += fmt.Sprintf(" (paused %s)", human(time.Since(at)))
-			}
-			l.noteLocked(move)
+			l.noteLocked(fmt.Sprintf("partition %d: %s -> %s", p, prev, name))
 		}
 		l.holder[p], l.epoch[p] = name, e.Epoch
 		delete(l.released, p)
