@@ -128,3 +128,37 @@ func ExampleSegmenter_Streams() {
 	// Output:
 	// orders: 2 partitions, 10 entries, groups [audit]
 }
+
+// A consumer's own partitions: what the metrics adapters export per
+// partition.
+func ExampleConsumer_Lag() {
+	ctx := context.Background()
+	seg, c := exampleLaggingGroup(ctx)
+	defer seg.Close(ctx)
+
+	lags, err := c.Lag(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	var lag, pending int64
+	for _, p := range lags {
+		lag, pending = lag+p.Lag, pending+p.Pending
+	}
+	fmt.Printf("%d partitions held: lag %d, pending %d\n", len(lags), lag, pending)
+	// Output:
+	// 2 partitions held: lag 6, pending 3
+}
+
+// Decode an entry read without a consumer group, as a tool that looks at a
+// partition does.
+func ExampleDecodeEntry() {
+	msg, redrivenFor := segmenter.DecodeEntry("orders", 3, "1700000000000-0",
+		[]string{"v", "1", "k", "user-42", "d", `{"amount":1200}`, "m.type", "payment"})
+	fmt.Println(msg.PartitionKey, string(msg.Data), msg.Metadata["type"], segmenter.Poison(msg) == nil, redrivenFor == "")
+
+	other, _ := segmenter.DecodeEntry("orders", 3, "1700000000001-0", []string{"event", "clicked"})
+	fmt.Println(segmenter.Poison(other))
+	// Output:
+	// user-42 {"amount":1200} payment true true
+	// segmenter: poison message: stream "orders" partition 3 entry 1700000000001-0: entry has no format version field: not written by segmenter
+}

@@ -213,7 +213,7 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-// keyspaceOf returns the key space of a session's namespace.
+// keys returns the key space of the session's namespace.
 func (s *session) keys() keyspace.Space { return keyspace.New(s.ns) }
 
 // quietLogger drops go-redis' own log lines (a dial that failed, say): the
