@@ -608,6 +608,7 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 		}
 	}
 	need := false
+	var learned *RebalanceEvent // for the hooks, called outside the lock
 	if t.Heartbeat {
 		b := res.Beat
 		switch {
@@ -626,6 +627,10 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 				}
 			}
 			c.log.Debug("assignment", "generation", b.Gen, "partitions", b.Partitions)
+			if len(c.hooks.rebalance) > 0 {
+				learned = &RebalanceEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id,
+					Generation: b.Gen, Partitions: slices.Clone(b.Partitions)}
+			}
 			urgent = true
 		}
 		need = b.NeedRebalance && b.Err == nil
@@ -657,6 +662,11 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 	}
 	c.mu.Unlock()
 
+	if learned != nil {
+		for _, h := range c.hooks.rebalance {
+			h.OnRebalance(*learned)
+		}
+	}
 	if len(release) > 0 {
 		c.releasePartitions(ctx, releaseParts, release)
 	}

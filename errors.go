@@ -33,6 +33,10 @@ var (
 	// The SDK never recreates it silently, since that would skip or replay
 	// messages.
 	ErrGroupNotFound = errors.New("segmenter: consumer group missing in Redis")
+	// ErrGroupActive is returned by ResetGroup when the group has live
+	// members or held leases and the reset was not forced: moving the
+	// position under running consumers would race with their reads.
+	ErrGroupActive = errors.New("segmenter: consumer group has live members")
 	// ErrPoison marks a stream entry that this SDK did not write or cannot
 	// decode. See Poison.
 	ErrPoison = errors.New("segmenter: poison message")

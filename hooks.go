@@ -8,9 +8,8 @@ import (
 
 // A Hook observes a consumer: metrics, tracing and audit logs are built on
 // hooks. A hook is any value that implements one or more of DeliverHook,
-// RedeliverHook, AckHook, HandlerHook, DeadLetterHook and PartitionHook; the
-// consumer calls
-// the methods it implements. The same events come whether the application
+// RedeliverHook, AckHook, HandlerHook, DeadLetterHook, PartitionHook and
+// RebalanceHook; the consumer calls the methods it implements. The same events come whether the application
 // uses Run or Read and Ack. Hooks are called synchronously from the
 // consumer's goroutines, must return quickly and must not call the
 // consumer's methods. Unused hooks cost nothing.
@@ -57,6 +56,25 @@ type DeadLetterHook interface {
 // same events as WithPartitionListener).
 type PartitionHook interface {
 	OnPartition(PartitionEvent)
+}
+
+// RebalanceHook observes every new assignment of the consumer's group that
+// the consumer learns: a rebalance, committed by whichever member ran it,
+// after a member joined, left or expired. Every member of the group sees
+// each generation once (unless a later one overtook it before its next
+// heartbeat).
+type RebalanceHook interface {
+	OnRebalance(RebalanceEvent)
+}
+
+// RebalanceEvent is a new assignment of the group, as one consumer learned
+// it. The partitions listed are the consumer's share in it; it acquires
+// those it lacks (PartitionHook's PartitionAssigned) and hands over those
+// it no longer has (PartitionRevoked) after this event.
+type RebalanceEvent struct {
+	Stream, Group, Consumer string
+	Generation              int64
+	Partitions              []int
 }
 
 // DeliverEvent is a batch delivered to the application.
@@ -134,6 +152,7 @@ type hooks struct {
 	handler    []HandlerHook
 	deadLetter []DeadLetterHook
 	partition  []PartitionHook
+	rebalance  []RebalanceHook
 }
 
 func newHooks(hs []Hook) hooks {
@@ -156,6 +175,9 @@ func newHooks(hs []Hook) hooks {
 		}
 		if v, ok := x.(PartitionHook); ok {
 			h.partition = append(h.partition, v)
+		}
+		if v, ok := x.(RebalanceHook); ok {
+			h.rebalance = append(h.rebalance, v)
 		}
 	}
 	return h

@@ -219,3 +219,72 @@ func testHooksSeeFailedAndFencedAcksLostPartitionsAndDeadLetters(t *testing.T, b
 		t.Fatal("B's redelivery of A's message was not reported")
 	}
 }
+
+// rebalanceLog is a RebalanceHook logging the events it sees.
+type rebalanceLog struct {
+	mu     sync.Mutex
+	events []segmenter.RebalanceEvent
+}
+
+func (l *rebalanceLog) OnRebalance(e segmenter.RebalanceEvent) {
+	l.mu.Lock()
+	l.events = append(l.events, e)
+	l.mu.Unlock()
+}
+
+func (l *rebalanceLog) last() (segmenter.RebalanceEvent, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.events) == 0 {
+		return segmenter.RebalanceEvent{}, false
+	}
+	return l.events[len(l.events)-1], true
+}
+
+// A RebalanceHook hears of every new generation a consumer learns, with the
+// consumer's share: when it joins alone, when a second consumer joins, and
+// when that one leaves.
+func TestRebalanceHookSeesEachNewAssignment(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	seg := newSegmenter(t, ns, nil)
+	if _, err := seg.RegisterStream(ctx, "s", 4, 0); err != nil {
+		t.Fatal(err)
+	}
+	logA := &rebalanceLog{}
+	if _, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithHooks(logA), segmenter.WithConsumerName("A")); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool {
+		e, _ := logA.last()
+		return len(e.Partitions) == 4
+	}, "A alone never learned an assignment of the 4 partitions")
+	first, _ := logA.last()
+	if first.Stream != "s" || first.Group != "g" || first.Consumer != "A" || first.Generation < 1 {
+		t.Fatalf("first event %+v", first)
+	}
+
+	b, err := newSegmenter(t, ns, nil).RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("B"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool {
+		e, _ := logA.last()
+		return len(e.Partitions) == 2 && e.Generation > first.Generation
+	}, "A never learned the assignment that gives B half the partitions")
+	shared, _ := logA.last()
+	if err := b.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool {
+		e, _ := logA.last()
+		return len(e.Partitions) == 4 && e.Generation > shared.Generation
+	}, "A never learned the assignment after B left")
+	logA.mu.Lock()
+	defer logA.mu.Unlock()
+	for i := 1; i < len(logA.events); i++ {
+		if logA.events[i].Generation <= logA.events[i-1].Generation {
+			t.Errorf("generations not increasing: %+v", logA.events)
+		}
+	}
+}

@@ -23,7 +23,7 @@ import (
 // Group names the Redis keys of one consumer group's coordination.
 type Group struct {
 	Members     string // zset member -> session expiry (ms, server time)
-	Assignment  string // hash gen, dirty, m:<member> -> "p,p,..."
+	Assignment  string // hash gen, dirty, inc, m:<member> -> "p,p,...", hb:<member> -> last heartbeat (ms, server time)
 	Coordinator string // the coordinator lock
 }
 

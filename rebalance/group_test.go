@@ -240,3 +240,61 @@ func TestRolledBackGenerationGoesOnFromTheNewestSeen(t *testing.T) {
 		t.Fatalf("the next assignment: %+v", next)
 	}
 }
+
+func TestReadMembersHeartbeatsAndEviction(t *testing.T) {
+	ctx, rdb, g := newGroup(t)
+	beat(t, ctx, rdb, g, "a", time.Minute, -1)
+	beat(t, ctx, rdb, g, "b", 50*time.Millisecond, -1)
+	if _, _, err := rebalance.Rebalance(ctx, rdb, g, "tok", 4, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	m, err := rebalance.ReadMembers(ctx, rdb, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Gen != 1 || len(m.Members) != 2 || m.Members[0].ID != "a" || m.Members[1].ID != "b" {
+		t.Fatalf("members %+v, want a and b at generation 1", m)
+	}
+	for _, x := range m.Members {
+		if !x.Assigned || len(x.Partitions) != 2 {
+			t.Errorf("member %s: assigned %v partitions %v, want 2 partitions", x.ID, x.Assigned, x.Partitions)
+		}
+		if x.LastBeat.IsZero() || x.LastBeat.After(m.Now) || m.Now.Sub(x.LastBeat) > 10*time.Second {
+			t.Errorf("member %s: last heartbeat %v, server time %v", x.ID, x.LastBeat, m.Now)
+		}
+		if !x.Expiry.After(x.LastBeat) {
+			t.Errorf("member %s: session expiry %v not after its heartbeat %v", x.ID, x.Expiry, x.LastBeat)
+		}
+	}
+	if got := m.Members[0].Expiry.Sub(m.Members[0].LastBeat); got != time.Minute {
+		t.Errorf("a's session expiry is %v after its heartbeat, want 1m", got)
+	}
+
+	// b's session expires: a rebalance evicts it, with its heartbeat.
+	redistest.Eventually(t, 5*time.Second, func() bool {
+		m, err := rebalance.ReadMembers(ctx, rdb, g)
+		return err == nil && m.Now.After(m.Members[1].Expiry)
+	}, "b's session expired")
+	if _, _, err := rebalance.Rebalance(ctx, rdb, g, "tok", 4, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if rdb.HExists(ctx, g.Assignment, "hb:b").Val() {
+		t.Error("the evicted member's heartbeat is still in the assignment hash")
+	}
+	// a leaves: its heartbeat goes with it.
+	if err := rebalance.Leave(ctx, rdb, g, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if rdb.HExists(ctx, g.Assignment, "hb:a").Val() {
+		t.Error("the member that left still has its heartbeat in the assignment hash")
+	}
+	m, err = rebalance.ReadMembers(ctx, rdb, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range m.Members {
+		if !x.LastBeat.IsZero() || x.ID == "b" {
+			t.Errorf("after leave and eviction: member %+v", x)
+		}
+	}
+}

@@ -66,7 +66,7 @@ type demoPayload struct {
 	Seq int    `json:"seq"` // 1, 2, ... per key, in the order sent
 }
 
-func demoCommand() (*flag.FlagSet, func(context.Context, func(string) string, io.Writer, io.Writer) int) {
+func demoCommand() (*flag.FlagSet, runFunc) {
 	cfg := demoConfig{}
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.IntVar(&cfg.Messages, "messages", 2000, "number of messages to send")
@@ -74,17 +74,55 @@ func demoCommand() (*flag.FlagSet, func(context.Context, func(string) string, io
 	fs.StringVar(&cfg.Namespace, "namespace", "", "namespace of the demo's keys (default demo-<random>)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 60*time.Second, "give up when not every message was received by then")
 	verbose := fs.Bool("v", false, "log the SDK's messages (lease grants, fencing, errors) to stderr")
-	return fs, func(ctx context.Context, env func(string) string, stdout, stderr io.Writer) int {
-		cfg.RedisURL = env(envRedisURL)
+	var lcfg liveConfig
+	liveMode := fs.Bool("live", false, "run several consumers and show, refreshing, their partitions, throughput, lag and the moves when one is stopped or started (keys on stdin)")
+	fs.IntVar(&lcfg.Consumers, "consumers", 3, "-live: consumers of group live at the start (1 to 9)")
+	fs.IntVar(&lcfg.Rate, "rate", 200, "-live: messages sent per second")
+	fs.IntVar(&lcfg.SlowRate, "slow-rate", 20, "-live: messages per second the one consumer of a second group, audit, handles (it lags); 0: no second group")
+	fs.DurationVar(&lcfg.Work, "work", 2*time.Millisecond, "-live: time group live's handler takes per message")
+	fs.DurationVar(&lcfg.Duration, "duration", 0, "-live: stop after this long (0: when q is typed, or interrupted)")
+	fs.DurationVar(&lcfg.Refresh, "refresh", 500*time.Millisecond, "-live: how often the view is redrawn")
+	plain := fs.Bool("plain", false, "-live: print the view frame after frame, without redrawing in place (the default when stdout is not a terminal)")
+	return fs, func(ctx context.Context, inv invocation) int {
+		cfg.RedisURL = inv.env(envRedisURL)
 		if *verbose {
-			cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			cfg.Logger = slog.New(slog.NewTextHandler(inv.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		}
-		res, err := demo(ctx, cfg, stdout)
+		if *liveMode {
+			for _, name := range []string{"messages", "timeout"} {
+				if explicit(fs, name) {
+					return exitCode(inv.stderr, "demo", usagef("-%s applies to demo without -live only", name))
+				}
+			}
+			lcfg.Partitions, lcfg.Namespace, lcfg.RedisURL = cfg.Partitions, cfg.Namespace, cfg.RedisURL
+			if !explicit(fs, "partitions") {
+				lcfg.Partitions = 12
+			}
+			lcfg.ANSI = !*plain && isTerminal(inv.stdout)
+			res, err := liveDemo(ctx, lcfg, inv.stdin, inv.stdout)
+			if err == nil && len(res.Violations) > 0 {
+				err = fmt.Errorf("%d violation(s) of per-key order", len(res.Violations))
+			}
+			return exitCode(inv.stderr, "demo", err)
+		}
+		for _, name := range []string{"consumers", "rate", "slow-rate", "work", "duration", "refresh", "plain"} {
+			if explicit(fs, name) {
+				return exitCode(inv.stderr, "demo", usagef("-%s applies to demo -live only", name))
+			}
+		}
+		res, err := demo(ctx, cfg, inv.stdout)
 		if err == nil && len(res.Violations) > 0 {
 			err = fmt.Errorf("%d violation(s) of per-key order", len(res.Violations))
 		}
-		return exitCode(stderr, "demo", err)
+		return exitCode(inv.stderr, "demo", err)
 	}
+}
+
+// explicit reports whether flag name was given on the command line.
+func explicit(fs *flag.FlagSet, name string) bool {
+	found := false
+	fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+	return found
 }
 
 func (cfg *demoConfig) validate() error {
@@ -119,22 +157,11 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) (res demoResult, e
 		return context.WithTimeout(context.WithoutCancel(ctx), demoShutdownTime)
 	}
 
-	url := cfg.RedisURL
-	if url == "" {
-		mr, err := miniredis.Run()
-		if err != nil {
-			return res, fmt.Errorf("start embedded Redis: %w", err)
-		}
-		defer mr.Close()
-		url = "redis://" + mr.Addr()
-		fmt.Fprintf(out, "redis: embedded in-process server (miniredis) at %s, since REDIS_URL is unset\n", mr.Addr())
-	} else {
-		opt, err := redis.ParseURL(url)
-		if err != nil {
-			return res, usagef("%s: %v", envRedisURL, err)
-		}
-		fmt.Fprintf(out, "redis: %s from REDIS_URL\n", opt.Addr)
+	url, closeRedis, err := demoRedis(cfg.RedisURL, out)
+	if err != nil {
+		return res, err
 	}
+	defer closeRedis()
 
 	seg, err := segmenter.NewSegmenter(&segmenter.Config{RedisURL: url, Namespace: cfg.Namespace, Logger: cfg.Logger})
 	if err != nil {
@@ -205,6 +232,26 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) (res demoResult, e
 			cfg.Namespace, demoStream)
 	}
 	return res, nil
+}
+
+// demoRedis returns the URL of the Redis server of a demo: url, or an
+// embedded in-process server (miniredis) when url is "", which close stops.
+// It says which on out.
+func demoRedis(url string, out io.Writer) (_ string, close func(), err error) {
+	if url != "" {
+		opt, err := redis.ParseURL(url)
+		if err != nil {
+			return "", nil, usagef("%s: %v", envRedisURL, err)
+		}
+		fmt.Fprintf(out, "redis: %s from REDIS_URL\n", opt.Addr)
+		return url, func() {}, nil
+	}
+	mr, err := miniredis.Run()
+	if err != nil {
+		return "", nil, fmt.Errorf("start embedded Redis: %w", err)
+	}
+	fmt.Fprintf(out, "redis: embedded in-process server (miniredis) at %s, since REDIS_URL is unset\n", mr.Addr())
+	return "redis://" + mr.Addr(), mr.Close, nil
 }
 
 // asUsage marks an invalid argument of the SDK (a bad namespace, say) as a

@@ -25,14 +25,17 @@ type inspectConfig struct {
 	RedisURL  string
 }
 
-func inspectCommand() (*flag.FlagSet, func(context.Context, func(string) string, io.Writer, io.Writer) int) {
+func inspectCommand() (*flag.FlagSet, runFunc) {
 	cfg := inspectConfig{}
 	fs := flag.NewFlagSet("inspect", flag.ContinueOnError)
 	fs.StringVar(&cfg.Stream, "stream", "", "name of the stream (required)")
 	fs.StringVar(&cfg.Namespace, "namespace", "", "namespace of the stream (default: every namespace that has the stream)")
-	return fs, func(ctx context.Context, env func(string) string, stdout, stderr io.Writer) int {
-		cfg.RedisURL = env(envRedisURL)
-		return exitCode(stderr, "inspect", inspect(ctx, cfg, stdout))
+	fs.StringVar(&cfg.RedisURL, "redis", "", "the Redis server's URL (default $REDIS_URL)")
+	return fs, func(ctx context.Context, inv invocation) int {
+		if cfg.RedisURL == "" {
+			cfg.RedisURL = inv.env(envRedisURL)
+		}
+		return exitCode(inv.stderr, "inspect", inspect(ctx, cfg, inv.stdout))
 	}
 }
 
@@ -92,7 +95,7 @@ func inspect(ctx context.Context, cfg inspectConfig, out io.Writer) error {
 }
 
 // namespacesWith returns, sorted, the namespaces whose stream metadata hash
-// has stream.
+// has stream (every namespace with a stream when stream is "").
 func namespacesWith(ctx context.Context, rdb *redis.Client, stream string) ([]string, error) {
 	// Every namespace N has the hash keyspace.New(N).Streams(); split that
 	// name around N to match and parse it.
@@ -105,6 +108,10 @@ func namespacesWith(ctx context.Context, rdb *redis.Client, stream string) ([]st
 		ns := strings.TrimSuffix(strings.TrimPrefix(key, prefix), suffix)
 		if !validName(ns) || keyspace.New(ns).Streams() != key {
 			continue // not ours
+		}
+		if stream == "" {
+			found = append(found, ns)
+			continue
 		}
 		ok, err := rdb.HExists(ctx, key, stream).Result()
 		if err != nil {
@@ -194,7 +201,7 @@ func inspectStream(ctx context.Context, rdb *redis.Client, ks keyspace.Space, st
 		groupInfo[p] = make(map[string]redis.XInfoGroup)
 		gs, err := infos[p].Result()
 		if err != nil {
-			if lens[p].Val() == 0 && redis.HasErrorPrefix(err, "ERR no such key") {
+			if lens[p].Val() == 0 && redis.HasErrorPrefix(err, "no such key") { // HasErrorPrefix drops "ERR "
 				continue // the partition's stream key does not exist yet
 			}
 			return fmt.Errorf("partition %d: XINFO GROUPS: %w", p, err)

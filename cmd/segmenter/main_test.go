@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/segmenter/segmenter"
@@ -16,7 +17,10 @@ import (
 	"github.com/segmenter/segmenter/internal/redistest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.Wrap(m)) }
+func TestMain(m *testing.M) {
+	redis.SetLogger(quietLogger{}) // as main does: failed dials are reported by the commands
+	goleak.VerifyTestMain(redistest.Wrap(m))
+}
 
 // noEnv is an empty environment: REDIS_URL unset whatever the test process
 // has.
@@ -28,8 +32,14 @@ func envWith(vars map[string]string) func(string) string {
 
 func runCmd(t *testing.T, env func(string) string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
+	return runCmdIn(t, env, "", args...)
+}
+
+// runCmdIn runs the command line args with stdin as its standard input.
+func runCmdIn(t *testing.T, env func(string) string, stdin string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
 	var out, errOut bytes.Buffer
-	code = run(context.Background(), args, env, &out, &errOut)
+	code = run(context.Background(), args, env, strings.NewReader(stdin), &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 

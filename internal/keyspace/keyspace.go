@@ -11,7 +11,7 @@
 //	seg:{N:S:i}:lease:G             hash   lease of partition i for group G: o owner, e epoch, x expiry (ms, server time), r last fetch id, u unread messages lost to trimming already reported
 //	seg:{N:S:i}:dlq:G               stream group G's dead letters from partition i: the original entry's fields plus dlq.id, dlq.reason, dlq.deliveries, dlq.group, dlq.at
 //	seg:{N:S:G}:members             zset   members of group G, scored by session expiry (ms, server time)
-//	seg:{N:S:G}:assign              hash   the group's assignment: gen, and member -> partitions
+//	seg:{N:S:G}:assign              hash   the group's assignment: gen, and member -> partitions (m:<member>), member -> last heartbeat (hb:<member>, ms, server time)
 //	seg:{N:S:G}:coord               string the group's coordinator lock (owner token, with a TTL)
 //	seg:{N:S:G}:notify              Pub/Sub channel: "a new assignment, or a released lease" (a nudge only)
 //

@@ -16,6 +16,8 @@
 -- stored one saw writes the server lost (an asynchronous failover): the
 -- generation goes on from the member's, and the group rebalances, so that
 -- the next assignment is newer than any a member has acted on.
+-- The heartbeat's time goes in the assignment hash, field hb:<member> (read
+-- by operators' tools: the member's heartbeat age).
 -- A rebalance is needed when this member is not in the assignment (it just
 -- joined, or was evicted), when a member's session expired, or when a member
 -- left.
@@ -33,6 +35,7 @@ for i = 3, #KEYS do
 end
 if ARGV[5] ~= '1' then return {'0', 0, '', 0, '', renewed} end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('HSET', KEYS[2], 'hb:' .. ARGV[1], fmt(now))
 local a = redis.call('HMGET', KEYS[2], 'gen', 'dirty', 'm:' .. ARGV[1], 'inc')
 local gen = a[1] or '0'
 local inc = a[4] or ''
