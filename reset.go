@@ -72,7 +72,9 @@ type PartitionReset struct {
 //
 // It refuses, with ErrGroupActive, while the group has a member whose
 // session has not expired or a partition lease still held, unless
-// ResetForce is given. ResetDryRun reports the moves without making them.
+// ResetForce is given; a partition whose lease a consumer took after that
+// check is left as it was (the check and the reset of a partition are one
+// script), and reported in a *PartitionError wrapping ErrGroupActive. ResetDryRun reports the moves without making them.
 // It returns ErrStreamNotFound for a stream never registered, and
 // ErrGroupNotFound for a group that does not exist on the stream.
 func (s *Segmenter) ResetGroup(ctx context.Context, stream, group, to string, opts ...ResetOption) ([]PartitionReset, error) {
@@ -105,12 +107,19 @@ func (s *Segmenter) ResetGroup(ctx context.Context, stream, group, to string, op
 		}
 	}
 	keys := make([]string, meta.partitions)
+	leases := make([]string, meta.partitions)
 	for p := range keys {
-		keys[p] = s.keys.Partition(stream, p)
+		keys[p], leases[p] = s.keys.Partition(stream, p), s.keys.Lease(stream, p, group)
 	}
 	out := make([]PartitionReset, 0, len(keys))
 	var errs []error
-	for p, r := range rebalance.ResetGroup(ctx, s.rdb, group, keys, to, o.dryRun) {
+	for p, r := range rebalance.ResetGroup(ctx, s.rdb, group, keys, leases, to, o.dryRun, o.force || o.dryRun) {
+		if r.Holder != "" {
+			// Taken since the check above: that partition is left as it is.
+			errs = append(errs, &PartitionError{Stream: stream, Group: group, Partition: p,
+				Err: fmt.Errorf("reset: %w: %s holds the partition's lease", ErrGroupActive, r.Holder)})
+			continue
+		}
 		if r.Err != nil {
 			err := r.Err
 			if redis.HasErrorPrefix(err, "NOGROUP") {

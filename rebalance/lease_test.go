@@ -451,3 +451,29 @@ func testAckOfSeveralPartitionsFencesEachOnItsOwn(t *testing.T) {
 		t.Fatalf("the fenced partition's messages were acked: %d pending", p.Count)
 	}
 }
+
+// A reset that is not forced leaves a partition whose lease is held alone,
+// in the same script as the reset: a consumer that took the lease after the
+// caller looked reads on from where it was.
+func TestResetLeavesAPartitionWithAHeldLeaseAlone(t *testing.T) {
+	f := newFixture(t)
+	ids := f.add(t, 3)
+	if g := rebalance.Acquire(f.ctx, f.rdb, "A", time.Minute, []string{f.lease}); !g[0].Granted {
+		t.Fatalf("acquire: %+v", g[0])
+	}
+	res := rebalance.ResetGroup(f.ctx, f.rdb, f.group, []string{f.stream}, []string{f.lease}, "latest", false, false)
+	if res[0].Holder != "A" || res[0].Err != nil {
+		t.Fatalf("reset while A holds the lease: %+v, want refused with holder A", res[0])
+	}
+	groups, err := f.rdb.XInfoGroups(f.ctx, f.stream).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if groups[0].LastDeliveredID != "0-0" {
+		t.Fatalf("the refused reset moved the group to %s", groups[0].LastDeliveredID)
+	}
+	res = rebalance.ResetGroup(f.ctx, f.rdb, f.group, []string{f.stream}, []string{f.lease}, "latest", false, true)
+	if res[0].Err != nil || res[0].Holder != "" || res[0].To != ids[2] {
+		t.Fatalf("forced reset: %+v, want the group at %s", res[0], ids[2])
+	}
+}

@@ -13,23 +13,30 @@ var resetScript = load("reset")
 type ResetResult struct {
 	From, To string // the group's last-delivered ID before and after
 	Cleared  int64  // pending messages acknowledged (on a dry run: pending now)
-	Err      error
+	// Holder is set, and nothing was done, when the reset was not forced
+	// and the group's lease of the partition is held (by Holder).
+	Holder string
+	Err    error
 }
 
 // ResetGroup moves group's position in each partition stream of keys to
 // to ("earliest", "latest" or an entry ID) and clears its pending list
 // there, each partition atomically (one script call each, all in one round
-// trip). With dryRun it only reports what it would do. It is not fenced:
-// the caller makes sure no consumer of the group is reading.
-func ResetGroup(ctx context.Context, rdb redis.Cmdable, group string, keys []string, to string, dryRun bool) []ResetResult {
-	dry := "0"
+// trip). Unless force, a partition whose lease for group (leases[i]) is
+// held is left alone (ResetResult.Holder): the check and the reset are
+// atomic. With dryRun it only reports what it would do.
+func ResetGroup(ctx context.Context, rdb redis.Cmdable, group string, keys, leases []string, to string, dryRun, force bool) []ResetResult {
+	dry, forced := "0", "0"
 	if dryRun {
 		dry = "1"
+	}
+	if force {
+		forced = "1"
 	}
 	var b batch
 	calls := make([]*call, len(keys))
 	for i, k := range keys {
-		calls[i] = b.add(resetScript, []string{k}, group, to, dry)
+		calls[i] = b.add(resetScript, []string{k, leases[i]}, group, to, dry, forced)
 	}
 	b.exec(ctx, rdb)
 	out := make([]ResetResult, len(keys))
@@ -38,6 +45,8 @@ func ResetGroup(ctx context.Context, rdb redis.Cmdable, group string, keys []str
 		switch {
 		case err != nil:
 			out[i].Err = err
+		case len(v) == 2 && str(v[0]) == "held":
+			out[i].Holder = str(v[1])
 		case len(v) != 3:
 			out[i].Err = fmt.Errorf("reset: unexpected reply %v", v)
 		default:

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -35,7 +36,7 @@ func (c *connFlags) register(fs *flag.FlagSet) {
 // session is an operator command's connection: a client it owns and a
 // Segmenter of the namespace on it.
 type session struct {
-	rdb *redis.Client
+	rdb redis.UniversalClient
 	seg *segmenter.Segmenter
 	ns  string
 }
@@ -47,8 +48,10 @@ func (s *session) close() {
 	_ = s.rdb.Close()
 }
 
-// client returns a client of the server named by -redis or REDIS_URL.
-func (c *connFlags) client(env func(string) string) (*redis.Client, error) {
+// client returns a client of the server named by -redis or REDIS_URL: a
+// single node, a Redis Cluster (cluster=true) or Sentinel (master_name),
+// as segmenter.NewRedisClient reads the URL.
+func (c *connFlags) client(env func(string) string) (redis.UniversalClient, error) {
 	url := c.redisURL
 	if url == "" {
 		url = env(envRedisURL)
@@ -56,12 +59,37 @@ func (c *connFlags) client(env func(string) string) (*redis.Client, error) {
 	if url == "" {
 		return nil, usagef("no Redis server: pass -redis URL or set %s", envRedisURL)
 	}
-	opt, err := redis.ParseURL(url)
+	rdb, err := segmenter.NewRedisClient(url)
 	if err != nil {
 		return nil, usagef("Redis URL %q: %v", url, err)
 	}
-	opt.DialerRetries = 1 // a server that is not there is reported at once
-	return redis.NewClient(opt), nil
+	return rdb, nil
+}
+
+// addrOf names the server of rdb in messages.
+func addrOf(rdb redis.UniversalClient) string {
+	switch c := rdb.(type) {
+	case *redis.Client:
+		return c.Options().Addr
+	case *redis.ClusterClient:
+		return "the cluster of " + strings.Join(c.Options().Addrs, ", ")
+	}
+	return "the server"
+}
+
+// forEachPrimary calls f with every primary of rdb: the one node, or each
+// primary of a cluster (one at a time).
+func forEachPrimary(ctx context.Context, rdb redis.UniversalClient, f func(ctx context.Context, node redis.Cmdable) error) error {
+	cl, ok := rdb.(*redis.ClusterClient)
+	if !ok {
+		return f(ctx, rdb)
+	}
+	var mu sync.Mutex
+	return cl.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return f(ctx, node)
+	})
 }
 
 // open connects and picks the namespace: -namespace, else the only
@@ -92,7 +120,7 @@ func (c *connFlags) open(ctx context.Context, env func(string) string, stream st
 // onlyNamespace returns the one namespace on the server that has stream
 // (any stream when stream is ""), or an error saying there is none or
 // which ones there are.
-func onlyNamespace(ctx context.Context, rdb *redis.Client, stream string) (string, error) {
+func onlyNamespace(ctx context.Context, rdb redis.UniversalClient, stream string) (string, error) {
 	found, err := namespacesWith(ctx, rdb, stream)
 	if err != nil {
 		return "", err
@@ -103,7 +131,7 @@ func onlyNamespace(ctx context.Context, rdb *redis.Client, stream string) (strin
 	}
 	switch len(found) {
 	case 0:
-		return "", fmt.Errorf("no namespace on %s has %s", rdb.Options().Addr, what)
+		return "", fmt.Errorf("no namespace on %s has %s", addrOf(rdb), what)
 	case 1:
 		return found[0], nil
 	}

@@ -15,7 +15,6 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/google/uuid"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/segmenter/segmenter"
 	"github.com/segmenter/segmenter/contracts"
@@ -239,11 +238,12 @@ func demo(ctx context.Context, cfg demoConfig, out io.Writer) (res demoResult, e
 // It says which on out.
 func demoRedis(url string, out io.Writer) (_ string, close func(), err error) {
 	if url != "" {
-		opt, err := redis.ParseURL(url)
+		rdb, err := segmenter.NewRedisClient(url)
 		if err != nil {
 			return "", nil, usagef("%s: %v", envRedisURL, err)
 		}
-		fmt.Fprintf(out, "redis: %s from REDIS_URL\n", opt.Addr)
+		fmt.Fprintf(out, "redis: %s from REDIS_URL\n", addrOf(rdb))
+		_ = rdb.Close()
 		return url, func() {}, nil
 	}
 	mr, err := miniredis.Run()

@@ -66,11 +66,10 @@ func inspect(ctx context.Context, cfg inspectConfig, out io.Writer) error {
 	case cfg.Namespace != "" && !validName(cfg.Namespace):
 		return usagef("-namespace %q is not a valid namespace (1 to %d characters from A-Z a-z 0-9 _ . -)", cfg.Namespace, segmenter.MaxNameLength)
 	}
-	opt, err := redis.ParseURL(cfg.RedisURL)
+	rdb, err := segmenter.NewRedisClient(cfg.RedisURL)
 	if err != nil {
 		return usagef("%s: %v", envRedisURL, err)
 	}
-	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 
 	namespaces := []string{cfg.Namespace}
@@ -80,7 +79,7 @@ func inspect(ctx context.Context, cfg inspectConfig, out io.Writer) error {
 			return err
 		}
 		if len(namespaces) == 0 {
-			return fmt.Errorf("no namespace on %s has a stream %q", opt.Addr, cfg.Stream)
+			return fmt.Errorf("no namespace on %s has a stream %q", addrOf(rdb), cfg.Stream)
 		}
 	}
 	for i, ns := range namespaces {
@@ -96,33 +95,39 @@ func inspect(ctx context.Context, cfg inspectConfig, out io.Writer) error {
 
 // namespacesWith returns, sorted, the namespaces whose stream metadata hash
 // has stream (every namespace with a stream when stream is "").
-func namespacesWith(ctx context.Context, rdb *redis.Client, stream string) ([]string, error) {
+func namespacesWith(ctx context.Context, rdb redis.UniversalClient, stream string) ([]string, error) {
 	// Every namespace N has the hash keyspace.New(N).Streams(); split that
 	// name around N to match and parse it.
 	const mark = "\x00"
 	prefix, suffix, _ := strings.Cut(keyspace.New(mark).Streams(), mark)
 	var found []string
-	iter := rdb.ScanType(ctx, 0, prefix+"*"+suffix, 1000, "hash").Iterator()
-	for iter.Next(ctx) {
-		key := iter.Val()
-		ns := strings.TrimSuffix(strings.TrimPrefix(key, prefix), suffix)
-		if !validName(ns) || keyspace.New(ns).Streams() != key {
-			continue // not ours
+	err := forEachPrimary(ctx, rdb, func(ctx context.Context, node redis.Cmdable) error {
+		iter := node.ScanType(ctx, 0, prefix+"*"+suffix, 1000, "hash").Iterator()
+		for iter.Next(ctx) {
+			key := iter.Val()
+			ns := strings.TrimSuffix(strings.TrimPrefix(key, prefix), suffix)
+			if !validName(ns) || keyspace.New(ns).Streams() != key {
+				continue // not ours
+			}
+			if stream == "" {
+				found = append(found, ns)
+				continue
+			}
+			ok, err := node.HExists(ctx, key, stream).Result()
+			if err != nil {
+				return fmt.Errorf("read %s: %w", key, err)
+			}
+			if ok {
+				found = append(found, ns)
+			}
 		}
-		if stream == "" {
-			found = append(found, ns)
-			continue
+		if err := iter.Err(); err != nil {
+			return fmt.Errorf("scan for namespaces: %w", err)
 		}
-		ok, err := rdb.HExists(ctx, key, stream).Result()
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", key, err)
-		}
-		if ok {
-			found = append(found, ns)
-		}
-	}
-	if err := iter.Err(); err != nil {
-		return nil, fmt.Errorf("scan for namespaces: %w", err)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	slices.Sort(found)
 	return found, nil
@@ -158,7 +163,7 @@ type leaseState struct {
 	expiry int64
 }
 
-func inspectStream(ctx context.Context, rdb *redis.Client, ks keyspace.Space, stream string, out io.Writer) error {
+func inspectStream(ctx context.Context, rdb redis.UniversalClient, ks keyspace.Space, stream string, out io.Writer) error {
 	raw, err := rdb.HGet(ctx, ks.Streams(), stream).Result()
 	if errors.Is(err, redis.Nil) {
 		return fmt.Errorf("stream %q not found in namespace %q", stream, ks.Namespace())

@@ -27,7 +27,7 @@ import (
 type scenario struct {
 	ns      string
 	env     func(string) string
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	seg     *segmenter.Segmenter
 	st      *segmenter.Stream
 	audit   *segmenter.Consumer
@@ -37,11 +37,35 @@ type scenario struct {
 	billing *segmenter.Consumer
 }
 
+// newScenario is the scenario on a single Redis node.
 func newScenario(t *testing.T) *scenario {
 	t.Helper()
-	ctx := context.Background()
 	srv := redistest.Server(t)
-	sc := &scenario{ns: redistest.Namespace(t), env: envWith(map[string]string{envRedisURL: srv.URL}), rdb: srv.Client(t)}
+	return newScenarioOn(t, srv.URL, srv.Client(t))
+}
+
+// newClusterScenario is the scenario on a Redis Cluster, whose URL the
+// commands get (cluster=true, the seeds in addr).
+func newClusterScenario(t *testing.T) *scenario {
+	t.Helper()
+	cl := redistest.Cluster(t)
+	url := "redis://" + cl.Addrs[0] + "?cluster=true"
+	for _, a := range cl.Addrs[1:] {
+		url += "&addr=" + a
+	}
+	return newScenarioOn(t, url, cl.Client(t))
+}
+
+// onBackends runs test on a single node and on a cluster.
+func onBackends(t *testing.T, test func(t *testing.T, newScenario func(*testing.T) *scenario)) {
+	t.Run("single node", func(t *testing.T) { test(t, newScenario) })
+	t.Run("cluster", func(t *testing.T) { test(t, newClusterScenario) })
+}
+
+func newScenarioOn(t *testing.T, url string, rdb redis.UniversalClient) *scenario {
+	t.Helper()
+	ctx := context.Background()
+	sc := &scenario{ns: redistest.Namespace(t), env: envWith(map[string]string{envRedisURL: url}), rdb: rdb}
 	seg, err := segmenter.NewSegmenter(&segmenter.Config{Client: sc.rdb, Namespace: sc.ns, SessionTimeout: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -168,7 +192,9 @@ func decode[T any](t *testing.T, stdout string) T {
 	return v
 }
 
-func TestDescribeCommand(t *testing.T) {
+func TestDescribeCommand(t *testing.T) { onBackends(t, testDescribeCommand) }
+
+func testDescribeCommand(t *testing.T, newScenario func(*testing.T) *scenario) {
 	t.Parallel()
 	sc := newScenario(t)
 	before := sc.groupsState(t)
@@ -249,7 +275,9 @@ func TestDescribeCommand(t *testing.T) {
 	}
 }
 
-func TestLagCommand(t *testing.T) {
+func TestLagCommand(t *testing.T) { onBackends(t, testLagCommand) }
+
+func testLagCommand(t *testing.T, newScenario func(*testing.T) *scenario) {
 	t.Parallel()
 	sc := newScenario(t)
 	before := sc.groupsState(t)
@@ -284,7 +312,9 @@ func TestLagCommand(t *testing.T) {
 	}
 }
 
-func TestStreamsCommand(t *testing.T) {
+func TestStreamsCommand(t *testing.T) { onBackends(t, testStreamsCommand) }
+
+func testStreamsCommand(t *testing.T, newScenario func(*testing.T) *scenario) {
 	t.Parallel()
 	sc := newScenario(t)
 	out := sc.mustRun(t, "streams")
@@ -304,7 +334,9 @@ func TestStreamsCommand(t *testing.T) {
 	}
 }
 
-func TestTailCommand(t *testing.T) {
+func TestTailCommand(t *testing.T) { onBackends(t, testTailCommand) }
+
+func testTailCommand(t *testing.T, newScenario func(*testing.T) *scenario) {
 	t.Parallel()
 	sc := newScenario(t)
 	before := sc.groupsState(t)
@@ -460,7 +492,9 @@ func TestSendCommand(t *testing.T) {
 	}
 }
 
-func TestDLQCommands(t *testing.T) {
+func TestDLQCommands(t *testing.T) { onBackends(t, testDLQCommands) }
+
+func testDLQCommands(t *testing.T, newScenario func(*testing.T) *scenario) {
 	t.Parallel()
 	sc := newScenario(t)
 	ctx := context.Background()
@@ -543,7 +577,9 @@ func TestDLQCommands(t *testing.T) {
 	}
 }
 
-func TestResetGroupCommand(t *testing.T) {
+func TestResetGroupCommand(t *testing.T) { onBackends(t, testResetGroupCommand) }
+
+func testResetGroupCommand(t *testing.T, newScenario func(*testing.T) *scenario) {
 	t.Parallel()
 	sc := newScenario(t)
 	ctx := context.Background()

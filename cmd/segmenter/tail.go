@@ -19,11 +19,16 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/segmenter/segmenter"
+	"github.com/segmenter/segmenter/internal/keyspace"
 )
 
 // tailBlock bounds one blocking XREAD of tail -follow: a cancelled command
 // (Ctrl-C) is noticed within it.
 const tailBlock = 500 * time.Millisecond
+
+// tailClusterPoll is how often tail -follow looks for new entries on a
+// Redis Cluster (see readEach).
+const tailClusterPoll = 100 * time.Millisecond
 
 // entryJSON is one line of tail -json: an entry of a partition.
 type entryJSON struct {
@@ -137,15 +142,22 @@ func tail(ctx context.Context, inv invocation, conn connFlags, stream string, pa
 	for _, p := range parts {
 		partOf[keys.Partition(stream, p)] = p
 	}
+	_, cluster := s.rdb.(*redis.ClusterClient)
 	for ctx.Err() == nil {
-		args := &redis.XReadArgs{Block: tailBlock, Count: 100}
-		for _, p := range slices.Sorted(maps.Keys(after)) {
-			args.Streams = append(args.Streams, keys.Partition(stream, p))
+		var res []redis.XStream
+		var err error
+		if cluster {
+			res, err = readEach(ctx, s.rdb, keys, stream, after)
+		} else {
+			args := &redis.XReadArgs{Block: tailBlock, Count: 100}
+			for _, p := range slices.Sorted(maps.Keys(after)) {
+				args.Streams = append(args.Streams, keys.Partition(stream, p))
+			}
+			for _, p := range slices.Sorted(maps.Keys(after)) {
+				args.Streams = append(args.Streams, after[p])
+			}
+			res, err = s.rdb.XRead(ctx, args).Result()
 		}
-		for _, p := range slices.Sorted(maps.Keys(after)) {
-			args.Streams = append(args.Streams, after[p])
-		}
-		res, err := s.rdb.XRead(ctx, args).Result()
 		switch {
 		case errors.Is(err, redis.Nil):
 			continue
@@ -303,4 +315,39 @@ func printable(s string) string {
 		}
 	}
 	return s
+}
+
+// readEach reads what follows after[p] in each partition p, on a Redis
+// Cluster, where one XREAD cannot span the partitions' slots: one XREAD per
+// partition, all in one pipeline; when none has news, it waits
+// tailClusterPoll and returns redis.Nil.
+func readEach(ctx context.Context, rdb redis.UniversalClient, keys keyspace.Space, stream string, after map[int]string) ([]redis.XStream, error) {
+	pipe := rdb.Pipeline()
+	cmds := make([]*redis.XStreamSliceCmd, 0, len(after))
+	for _, p := range slices.Sorted(maps.Keys(after)) {
+		cmds = append(cmds, pipe.XRead(ctx, &redis.XReadArgs{Streams: []string{keys.Partition(stream, p), after[p]}, Count: 100, Block: -1}))
+	}
+	_, _ = pipe.Exec(ctx)
+	var out []redis.XStream
+	for _, c := range cmds {
+		res, err := c.Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, res...)
+	}
+	if len(out) > 0 {
+		return out, nil
+	}
+	t := time.NewTimer(tailClusterPoll)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+	}
+	return nil, redis.Nil
 }

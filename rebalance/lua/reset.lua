@@ -1,7 +1,9 @@
 -- reset: move group ARGV[1]'s position in the partition stream KEYS[1] and
 -- clear its pending list, atomically. ARGV[2] 'earliest' (before the first
 -- entry), 'latest' (after the last) or an entry ID; ARGV[3] '1' for a dry
--- run, which changes nothing.
+-- run, which changes nothing; ARGV[4] '1' to reset even while the group's
+-- lease of the partition, KEYS[2], is held (else the reply is
+-- {'held', owner}: a consumer that got the lease since the caller looked).
 -- The group's read counter is set to what it would be at that position, so
 -- that its lag stays known: for earliest the entries gone before the first
 -- one, for latest every entry ever added; for an ID Redis estimates it.
@@ -10,6 +12,10 @@
 -- Reply: {previous last-delivered-id, new last-delivered-id, pending cleared}
 --   or an error (no such key, NOGROUP).
 local group, to, dry = ARGV[1], ARGV[2], ARGV[3] == '1'
+if ARGV[4] ~= '1' then
+  local l = redis.call('HMGET', KEYS[2], 'o', 'x')
+  if l[1] and l[1] ~= '' and (tonumber(l[2]) or 0) > now_ms() then return {'held', l[1]} end
+end
 
 local function fields(t)
   local f = {}
