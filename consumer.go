@@ -179,6 +179,7 @@ type Consumer struct {
 	flushing  bool // a flushEvents is calling the listener and hooks
 	fetchSeq  uint64
 	fetching  int // fetches sent and not yet applied (see ownedPartition.acked)
+	leftOut   int // partitions the last fetch left out for want of budget
 
 	stats     stats
 	retention retentionState // see retention.go
@@ -877,10 +878,23 @@ func (c *Consumer) onDeliver(msgs []*contracts.CMessage, start, end time.Time) {
 // when limit is not nil). It returns the messages or the first error.
 func (c *Consumer) fetchRound(ctx context.Context, budget int, limit func(int) int) ([]*contracts.CMessage, error) {
 	// A batch all dead-lettered on the way is no reason to wait: go on.
-	for range 4 {
+	// Nor are partitions left out for want of budget (fewer messages
+	// asked for than partitions to fetch): each fetch takes the next ones
+	// in turn, and a partition found empty waits for the entry watcher, so
+	// this ends once every partition was looked at.
+	for deadRounds, rounds := 0, 0; deadRounds < 4 && rounds <= len(c.leaseKeys); rounds++ {
 		msgs, err, dead := c.fetchOnce(ctx, budget, limit)
-		if len(msgs) > 0 || err != nil || dead == 0 {
+		if len(msgs) > 0 || err != nil {
 			return msgs, err
+		}
+		c.mu.Lock()
+		leftOut := c.leftOut
+		c.mu.Unlock()
+		switch {
+		case dead > 0:
+			deadRounds++
+		case leftOut == 0:
+			return nil, nil
 		}
 	}
 	return nil, nil
@@ -996,6 +1010,7 @@ func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.Fe
 		}
 		ready = append(ready, p)
 	}
+	c.leftOut = 0
 	if len(ready) == 0 {
 		return nil, nil, nil
 	}
@@ -1005,6 +1020,7 @@ func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.Fe
 	c.rotate = (c.rotate + 1) % len(ready)
 	ready = append(ready[c.rotate:], ready[:c.rotate]...)
 	n := min(len(ready), budget)
+	c.leftOut = len(ready) - n
 	base, extra := budget/n, budget%n
 	reqs := make([]rebalance.FetchRequest, n)
 	for i, p := range ready[:n] {

@@ -546,3 +546,37 @@ func TestReadWithMaxMessages(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A Read that asks for fewer messages than the consumer has partitions to
+// look at fetches them in turn within the one call: it finds a message in
+// any of them without waiting (maxWait 0), not only in the one partition
+// its budget would cover.
+func TestReadWithFewerMessagesThanPartitionsLooksAtEvery(t *testing.T) {
+	ctx := context.Background()
+	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	st, err := seg.RegisterStream(ctx, "s", 16, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, st, nil, msg(keyFor(t, st, 7, 0), "hello"))
+	for _, tc := range []struct {
+		group string
+		batch int
+		opts  []segmenter.ReadOption
+	}{
+		{"batch-of-one", 1, nil},
+		{"max-messages-one", 100, []segmenter.ReadOption{segmenter.WithMaxMessages(1)}},
+	} {
+		c, err := seg.RegisterConsumer(ctx, "s", tc.group, tc.batch, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(c.Assignment()) != 16 {
+			t.Fatalf("%s holds %v", tc.group, c.Assignment())
+		}
+		msgs, err := c.Read(ctx, 0, tc.opts...)
+		if err != nil || len(msgs) != 1 || msgs[0].Partition != 7 {
+			t.Fatalf("%s: Read without waiting returned %v, %v; want the message of partition 7", tc.group, msgs, err)
+		}
+	}
+}
