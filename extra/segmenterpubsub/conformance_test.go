@@ -18,7 +18,7 @@ import (
 	"github.com/segmenter/segmenter/internal/redistest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.Wrap(m)) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(redistest.WrapWithURL(m)) }
 
 // Short timings: a consumer that leaves hands over at once anyway.
 const (
