@@ -320,7 +320,11 @@ func (m *MultiConsumer) add(ctx context.Context, name string, start StartPositio
 	m.mu.Lock()
 	if m.closing {
 		m.mu.Unlock()
-		return c.Shutdown(ctx)
+		// Shut down meanwhile (ctx may be the cancelled one of the
+		// discovery loop): leave the group at once all the same.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.maxProc)
+		defer cancel()
+		return c.Shutdown(sctx)
 	}
 	m.cons[name] = c
 	m.names = slices.Sorted(func(yield func(string) bool) {
