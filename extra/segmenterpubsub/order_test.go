@@ -12,12 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"gocloud.dev/gcerrors"
 	"gocloud.dev/pubsub"
 
 	"github.com/segmenter/segmenter"
 	"github.com/segmenter/segmenter/contracts"
 	"github.com/segmenter/segmenter/internal/invariant"
+	"github.com/segmenter/segmenter/internal/keyspace"
 	"github.com/segmenter/segmenter/internal/redistest"
 )
 
@@ -372,5 +374,108 @@ func TestPatternSubscriptionURL(t *testing.T) {
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("received from %v, want %v", got, want)
+	}
+}
+
+// A stream deleted in Redis while consumed: a subscription of that stream
+// ends with gcerrors.NotFound (segmenter.ErrGroupNotFound); a pattern
+// subscription reports it to OnError and goes on with its other streams.
+func TestDeletedStream(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	seg := testSegmenter(t, ns)
+	rdb := redistest.Client(t)
+	keys := keyspace.New(ns)
+	var mu sync.Mutex
+	var reported []error
+	single, err := OpenSubscription(ctx, seg, "jobs.a", "g", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer single.Shutdown(ctx)
+	pattern, err := OpenPatternSubscription(ctx, seg, "jobs.*", "p", &SubscriptionOptions{
+		OnError: func(err error) { mu.Lock(); reported = append(reported, err); mu.Unlock() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pattern.Shutdown(ctx)
+	topA, err := OpenTopic(ctx, seg, "jobs.a", &TopicOptions{Partitions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer topA.Shutdown(ctx)
+	topB, err := OpenTopic(ctx, seg, "jobs.b", &TopicOptions{Partitions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer topB.Shutdown(ctx)
+	receive := func(sub *pubsub.Subscription) (*pubsub.Message, error) {
+		rctx, cancel := context.WithTimeout(ctx, hang)
+		defer cancel()
+		return sub.Receive(rctx)
+	}
+	if err := topA.Send(ctx, &pubsub.Message{Body: []byte("a1")}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := receive(single)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Ack()
+	var mc *segmenter.MultiConsumer
+	if !pattern.As(&mc) {
+		t.Fatal("no MultiConsumer")
+	}
+	redistest.Eventually(t, hang, func() bool { return len(mc.Streams()) == 2 }, "the pattern subscription does not consume both streams")
+
+	for p := range 2 {
+		if err := rdb.Del(ctx, keys.Partition("jobs.a", p)).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Entries in the deleted partitions (not through segmenter: the
+	// stream no longer has its groups) make the consumers fetch them.
+	for p := range 2 {
+		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys.Partition("jobs.a", p), Values: []string{"v", "1", "k", "k", "d", "x"}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = receive(single)
+	if gcerrors.Code(err) != gcerrors.NotFound || !errors.Is(err, segmenter.ErrGroupNotFound) {
+		t.Fatalf("Receive from a deleted stream: %v (code %v), want NotFound wrapping ErrGroupNotFound", err, gcerrors.Code(err))
+	}
+	// The pattern subscription goes on with jobs.b, and tells OnError (when
+	// a Read, driven by Receive, comes upon the deleted partitions).
+	if err := topB.Send(ctx, &pubsub.Message{Body: []byte("b1")}); err != nil {
+		t.Fatal(err)
+	}
+	told := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, err := range reported {
+			if errors.Is(err, segmenter.ErrGroupNotFound) && strings.Contains(err.Error(), `"jobs.a"`) {
+				return true
+			}
+		}
+		return false
+	}
+	gotB := false
+	deadline := time.Now().Add(hang)
+	for !gotB || !told() {
+		if time.Now().After(deadline) {
+			mu.Lock()
+			defer mu.Unlock()
+			t.Fatalf("b1 received: %v; OnError not told of the deleted stream (reported %v)", gotB, reported)
+		}
+		rctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		m, err := pattern.Receive(rctx)
+		cancel()
+		switch {
+		case err == nil:
+			m.Ack()
+			gotB = gotB || string(m.Body) == "b1"
+		case rctx.Err() == nil:
+			t.Fatalf("the pattern subscription ended: %v", err)
+		}
 	}
 }
