@@ -310,7 +310,7 @@ func TestMultiConsumersBalanceEachStream(t *testing.T) {
 		return fmt.Sprintf("a:%d b:%d", len(a["a"]), len(a["b"]))
 	}
 	redistest.Eventually(t, hang, func() bool { return count(m1) == "a:2 b:1" && count(m2) == "a:2 b:1" },
-		"not balanced per stream: m1 %v, m2 %v", lazyString(func() string { return count(m1) }), lazyString(func() string { return count(m2) }))
+		"not balanced per stream: m1 %v, m2 %v", streamsText(func() string { return count(m1) }), streamsText(func() string { return count(m2) }))
 	if m1.ID() != "m1" || m1.Group() != "g" || !slices.Equal(m1.Streams(), []string{"a", "b"}) {
 		t.Fatalf("m1: %s %s %v", m1.ID(), m1.Group(), m1.Streams())
 	}
@@ -333,9 +333,9 @@ func TestMultiConsumersBalanceEachStream(t *testing.T) {
 	}
 }
 
-type lazyString func() string
+type streamsText func() string
 
-func (l lazyString) String() string { return l() }
+func (l streamsText) String() string { return l() }
 
 // Run over a list of streams handles every message of each, each key in
 // order, with Stream set; a stream deleted in Redis while consumed is
