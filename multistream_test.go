@@ -428,8 +428,7 @@ func TestMultiConsumerRunAndDeletedStreams(t *testing.T) {
 	redistest.Eventually(t, hang, has(segmenter.ErrGroupNotFound, "s2"), "the deleted stream s2 was not reported with ErrGroupNotFound")
 	redistest.Eventually(t, hang, has(segmenter.ErrStreamNotFound, "s3"), "the unregistered stream s3 was not reported with ErrStreamNotFound")
 	redistest.Eventually(t, hang, func() bool { return !slices.Contains(m.Streams(), "s3") }, "s3 still consumed")
-	sendNumbered(t, streams["s1"], recs, 6, 120) // numbered from 0 again: a fresh key space
-	hmu.Lock()
+	hmu.Lock() // s1's next messages are numbered from 0 again
 	for k := range next {
 		if strings.HasPrefix(k, "s1/") {
 			next[k] = 0
@@ -437,6 +436,7 @@ func TestMultiConsumerRunAndDeletedStreams(t *testing.T) {
 	}
 	handled["s1"] = 0
 	hmu.Unlock()
+	sendNumbered(t, streams["s1"], recs, 6, 120)
 	redistest.Eventually(t, hang, func() bool { hmu.Lock(); defer hmu.Unlock(); return handled["s1"] == 120 }, "s1 stopped after the others were deleted")
 	stop()
 	select {
