@@ -93,6 +93,7 @@ func (k PartitionEventKind) String() string {
 // PartitionEvent tells a consumer's listener that it gained or lost a
 // partition, as Kafka's rebalance listener does.
 type PartitionEvent struct {
+	Stream    string // the stream of the partition
 	Kind      PartitionEventKind
 	Partition int
 	Epoch     int64 // the epoch of the lease gained or lost
@@ -178,6 +179,7 @@ type Consumer struct {
 	flushing  bool // a flushEvents is calling the listener and hooks
 	fetchSeq  uint64
 	fetching  int // fetches sent and not yet applied (see ownedPartition.acked)
+	leftOut   int // partitions the last fetch left out for want of budget
 
 	stats     stats
 	retention retentionState // see retention.go
@@ -255,37 +257,11 @@ type Owned struct {
 // The consumer holds the leases of the partitions it owns and renews them in
 // the background until Shutdown.
 func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, batchSize int, maxProcessingTime time.Duration, opts ...ConsumerOption) (*Consumer, error) {
-	o := consumerOptions{start: StartEarliest}
-	for _, opt := range opts {
-		if opt != nil {
-			opt.applyConsumer(&o)
-		}
+	o, err := consumerArgs(group, batchSize, maxProcessingTime, opts)
+	if serr := validateName("stream", stream); serr != nil {
+		err = errors.Join(serr, err)
 	}
-	if o.name == "" {
-		o.name = uuid.NewString()
-	}
-	var errs []error
-	for _, n := range [][2]string{{"stream", stream}, {"group", group}, {"consumer", o.name}} {
-		if err := validateName(n[0], n[1]); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if batchSize < 1 || batchSize > MaxBatchSize {
-		errs = append(errs, invalid("batchSize is %d, must be 1 to %d", batchSize, MaxBatchSize))
-	}
-	if maxProcessingTime < time.Millisecond {
-		errs = append(errs, invalid("maxProcessingTime %v is below 1ms", maxProcessingTime))
-	}
-	if o.start != StartEarliest && o.start != StartLatest {
-		errs = append(errs, invalid("unknown StartPosition %d", o.start))
-	}
-	if o.maxDeliveries < 0 {
-		errs = append(errs, invalid("MaxDeliveries %d is negative", o.maxDeliveries))
-	}
-	if o.poison != PoisonDeliver && o.poison != PoisonDeadLetter {
-		errs = append(errs, invalid("unknown PoisonPolicy %d", o.poison))
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	meta, err := s.lookupStream(ctx, stream)
@@ -358,6 +334,42 @@ func (s *Segmenter) RegisterConsumer(ctx context.Context, stream, group string, 
 	}
 	c.log.Debug("consumer registered", "partitions", st.Partitions(), "owned", len(c.Assignment()))
 	return c, nil
+}
+
+// consumerArgs applies opts and checks the arguments of RegisterConsumer
+// but the stream, reporting every problem at once.
+func consumerArgs(group string, batchSize int, maxProcessingTime time.Duration, opts []ConsumerOption) (consumerOptions, error) {
+	o := consumerOptions{start: StartEarliest}
+	for _, opt := range opts {
+		if opt != nil {
+			opt.applyConsumer(&o)
+		}
+	}
+	if o.name == "" {
+		o.name = uuid.NewString()
+	}
+	var errs []error
+	for _, n := range [][2]string{{"group", group}, {"consumer", o.name}} {
+		if err := validateName(n[0], n[1]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if batchSize < 1 || batchSize > MaxBatchSize {
+		errs = append(errs, invalid("batchSize is %d, must be 1 to %d", batchSize, MaxBatchSize))
+	}
+	if maxProcessingTime < time.Millisecond {
+		errs = append(errs, invalid("maxProcessingTime %v is below 1ms", maxProcessingTime))
+	}
+	if o.start != StartEarliest && o.start != StartLatest {
+		errs = append(errs, invalid("unknown StartPosition %d", o.start))
+	}
+	if o.maxDeliveries < 0 {
+		errs = append(errs, invalid("MaxDeliveries %d is negative", o.maxDeliveries))
+	}
+	if o.poison != PoisonDeliver && o.poison != PoisonDeadLetter {
+		errs = append(errs, invalid("unknown PoisonPolicy %d", o.poison))
+	}
+	return o, errors.Join(errs...)
 }
 
 // createGroup creates group on every partition of st where it is missing.
@@ -757,6 +769,7 @@ func (c *Consumer) flushEvents() {
 			c.seg.reportError(err)
 		}
 		for _, e := range events {
+			e.Stream = c.stream.name
 			if c.listener != nil {
 				c.listener(e)
 			}
@@ -794,19 +807,20 @@ func (c *Consumer) notifyLocked() {
 	c.changed = make(chan struct{})
 }
 
-// Read returns up to the batch size of messages from the partitions the
-// consumer owns, each partition's messages in stream order, messages due for
-// redelivery before newer ones of their partition. When there are none it
-// waits for new messages up to maxWait (0: do not wait) and then returns an
-// empty batch and a nil error.
+// Read returns up to the batch size of messages (fewer with
+// WithMaxMessages) from the partitions the consumer owns, each partition's
+// messages in stream order, messages due for redelivery before newer ones of
+// their partition. When there are none it waits for new messages up to
+// maxWait (0: do not wait) and then returns an empty batch and a nil error.
 //
 // Every read runs, in Redis, after a check that the consumer still holds the
 // partition's lease under its epoch. A partition found lost is dropped and
 // Read returns a *PartitionError wrapping ErrFenced once; later Reads go on
 // with the other partitions. After Shutdown, Read returns ErrClosed.
-func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contracts.CMessage, error) {
-	if maxWait < 0 {
-		return nil, invalid("maxWait %v is negative", maxWait)
+func (c *Consumer) Read(ctx context.Context, maxWait time.Duration, opts ...ReadOption) ([]*contracts.CMessage, error) {
+	budget, err := readBudget(c.batch, maxWait, opts)
+	if err != nil {
+		return nil, err
 	}
 	defer c.flushEvents() // after the unlock: a listener may call Read
 	c.readMu.Lock()
@@ -816,7 +830,7 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		msgs, err := c.fetchRound(ctx, nil)
+		msgs, err := c.fetchRound(ctx, budget, nil)
 		if len(msgs) > 0 || err != nil {
 			return msgs, err
 		}
@@ -880,23 +894,36 @@ func (c *Consumer) onDeliver(msgs []*contracts.CMessage, start, end time.Time) {
 	}
 }
 
-// fetchRound fetches, without waiting, up to a batch from the partitions
-// the consumer may deliver now (at most limit(p) from partition p when limit
-// is not nil). It returns the messages or the first error.
-func (c *Consumer) fetchRound(ctx context.Context, limit func(int) int) ([]*contracts.CMessage, error) {
+// fetchRound fetches, without waiting, up to budget messages from the
+// partitions the consumer may deliver now (at most limit(p) from partition p
+// when limit is not nil). It returns the messages or the first error.
+func (c *Consumer) fetchRound(ctx context.Context, budget int, limit func(int) int) ([]*contracts.CMessage, error) {
 	// A batch all dead-lettered on the way is no reason to wait: go on.
-	for range 4 {
-		msgs, err, dead := c.fetchOnce(ctx, limit)
-		if len(msgs) > 0 || err != nil || dead == 0 {
+	// Nor are partitions left out for want of budget (fewer messages
+	// asked for than partitions to fetch): each fetch takes the next ones
+	// in turn, and a partition found empty waits for the entry watcher, so
+	// this ends once every partition was looked at.
+	for deadRounds, rounds := 0, 0; deadRounds < 4 && rounds <= len(c.leaseKeys); rounds++ {
+		msgs, err, dead := c.fetchOnce(ctx, budget, limit)
+		if len(msgs) > 0 || err != nil {
 			return msgs, err
+		}
+		c.mu.Lock()
+		leftOut := c.leftOut
+		c.mu.Unlock()
+		switch {
+		case dead > 0:
+			deadRounds++
+		case leftOut == 0:
+			return nil, nil
 		}
 	}
 	return nil, nil
 }
 
 // fetchOnce is one fetchRound; dead counts the messages it dead-lettered.
-func (c *Consumer) fetchOnce(ctx context.Context, limit func(int) int) (_ []*contracts.CMessage, _ error, dead int) {
-	reqs, parts, err := c.prepareFetch(c.batch, limit)
+func (c *Consumer) fetchOnce(ctx context.Context, budget int, limit func(int) int) (_ []*contracts.CMessage, _ error, dead int) {
+	reqs, parts, err := c.prepareFetch(budget, limit)
 	if err != nil || len(reqs) == 0 {
 		return nil, err, 0
 	}
@@ -904,10 +931,10 @@ func (c *Consumer) fetchOnce(ctx context.Context, limit func(int) int) (_ []*con
 	res := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, reqs)
 	msgs, err := c.applyFetch(parts, reqs, res, start, true)
 	c.releaseBroken()
-	if err == nil && len(msgs) > 0 && len(msgs) < c.batch {
+	if err == nil && len(msgs) > 0 && len(msgs) < budget {
 		// Partitions that filled their share may hold more: one more
 		// round among them fills the batch.
-		msgs = c.fillBatch(ctx, msgs, parts, reqs, res, limit)
+		msgs = c.fillBatch(ctx, budget, msgs, parts, reqs, res, limit)
 	}
 	if n := len(msgs); n > 0 && (c.opts.maxDeliveries > 0 || c.opts.poison == PoisonDeadLetter) {
 		msgs = c.deadLetterDelivered(ctx, msgs, c.deadLetterReason)
@@ -937,7 +964,7 @@ func (c *Consumer) fetchOnce(ctx context.Context, limit func(int) int) (_ []*con
 
 // fillBatch runs a second fetch round among the partitions whose first
 // round returned a full share.
-func (c *Consumer) fillBatch(ctx context.Context, msgs []*contracts.CMessage, parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult, limit func(int) int) []*contracts.CMessage {
+func (c *Consumer) fillBatch(ctx context.Context, budget int, msgs []*contracts.CMessage, parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult, limit func(int) int) []*contracts.CMessage {
 	full := make(map[int]int)
 	for i, r := range res {
 		if r.Err == nil && !r.Fenced && len(r.Entries) == reqs[i].Count {
@@ -953,7 +980,7 @@ func (c *Consumer) fillBatch(ctx context.Context, msgs []*contracts.CMessage, pa
 	if len(full) == 0 {
 		return msgs
 	}
-	reqs2, parts2, err := c.prepareFetch(c.batch-len(msgs), func(p int) int { return full[p] })
+	reqs2, parts2, err := c.prepareFetch(budget-len(msgs), func(p int) int { return full[p] })
 	if err != nil || len(reqs2) == 0 {
 		return msgs
 	}
@@ -1004,6 +1031,7 @@ func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.Fe
 		}
 		ready = append(ready, p)
 	}
+	c.leftOut = 0
 	if len(ready) == 0 {
 		return nil, nil, nil
 	}
@@ -1013,6 +1041,7 @@ func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.Fe
 	c.rotate = (c.rotate + 1) % len(ready)
 	ready = append(ready[c.rotate:], ready[:c.rotate]...)
 	n := min(len(ready), budget)
+	c.leftOut = len(ready) - n
 	base, extra := budget/n, budget%n
 	reqs := make([]rebalance.FetchRequest, n)
 	for i, p := range ready[:n] {
@@ -1195,6 +1224,26 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 // client other than a *redis.Client or a *redis.ClusterClient), quiet
 // partitions are polled.
 func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struct{}) error {
+	changed, d := c.armWait(d)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-changed:
+	case <-c.newEntries:
+	case <-extra:
+	case <-t.C:
+	}
+	return nil
+}
+
+// armWait prepares a wait of up to d: it has the entry watcher watch the
+// quiet partitions, and returns the channel closed by a change of ownership
+// and how long to wait at most (shorter when a delivered message comes due,
+// or where quiet partitions are polled). A signal on c.newEntries ends the
+// wait too.
+func (c *Consumer) armWait(d time.Duration) (<-chan struct{}, time.Duration) {
 	c.mu.Lock()
 	changed := c.changed
 	if due, ok := c.nextDueLocked(); ok {
@@ -1218,18 +1267,7 @@ func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struc
 	if from != nil {
 		c.seg.watch.watch(c, from)
 	}
-
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-changed:
-	case <-c.newEntries:
-	case <-extra:
-	case <-t.C:
-	}
-	return nil
+	return changed, d
 }
 
 // entriesArrived marks the partitions of the stream keys for the next fetch

@@ -11,6 +11,9 @@
 // leave or die). Consumer.Run hands every message to a handler, partitions
 // in parallel and each partition in order; Consumer.Read and Consumer.Ack are
 // the lower-level loop. Consumer.Shutdown hands the partitions over.
+// RegisterMultiConsumer and RegisterPatternConsumer join a group on several
+// streams, or on every stream whose name matches a glob (as PSUBSCRIBE does),
+// as one consumer with one Run (see MultiConsumer).
 //
 // # Guarantees
 //

@@ -88,23 +88,8 @@ func WithAbort(abort context.Context) RunOption {
 // for it before returning, and a partition whose handler has not returned
 // is not handled again in this process, even under a new lease.
 func (c *Consumer) Run(ctx context.Context, h Handler, opts ...RunOption) error {
-	o := runOptions{backoffMin: 100 * time.Millisecond, backoffMax: 10 * time.Second}
-	for _, opt := range opts {
-		if opt != nil {
-			opt.applyRun(&o)
-		}
-	}
-	var errs []error
-	if h == nil {
-		errs = append(errs, invalid("nil Handler"))
-	}
-	if o.backoffMin <= 0 || o.backoffMax < o.backoffMin {
-		errs = append(errs, invalid("retry backoff %v to %v: want 0 < initial <= max", o.backoffMin, o.backoffMax))
-	}
-	if o.keyConcurrency < 0 {
-		errs = append(errs, invalid("key concurrency %d is negative", o.keyConcurrency))
-	}
-	if err := errors.Join(errs...); err != nil {
+	o, err := runArgs(h, opts)
+	if err != nil {
 		return err
 	}
 	if !c.readMu.TryLock() {
@@ -138,6 +123,28 @@ func (c *Consumer) Run(ctx context.Context, h Handler, opts ...RunOption) error 
 	}
 	defer r.cancelAbort()
 	return r.run()
+}
+
+// runArgs applies opts and checks Run's arguments, reporting every problem
+// at once.
+func runArgs(h Handler, opts []RunOption) (runOptions, error) {
+	o := runOptions{backoffMin: 100 * time.Millisecond, backoffMax: 10 * time.Second}
+	for _, opt := range opts {
+		if opt != nil {
+			opt.applyRun(&o)
+		}
+	}
+	var errs []error
+	if h == nil {
+		errs = append(errs, invalid("nil Handler"))
+	}
+	if o.backoffMin <= 0 || o.backoffMax < o.backoffMin {
+		errs = append(errs, invalid("retry backoff %v to %v: want 0 < initial <= max", o.backoffMin, o.backoffMax))
+	}
+	if o.keyConcurrency < 0 {
+		errs = append(errs, invalid("key concurrency %d is negative", o.keyConcurrency))
+	}
+	return o, errors.Join(errs...)
 }
 
 // runner is one Run: a dispatcher (the calling goroutine) and partition
@@ -215,7 +222,7 @@ func (r *runner) run() error {
 			c.touchInflight(r.stop, touchEvery)
 			lastTouch = time.Now()
 		}
-		msgs, err := c.fetchRound(r.stop, r.limit)
+		msgs, err := c.fetchRound(r.stop, c.batch, r.limit)
 		var pe *PartitionError
 		switch {
 		case errors.Is(err, ErrClosed):

@@ -165,6 +165,7 @@ type Segmenter struct {
 	mu        sync.Mutex
 	closed    bool
 	consumers map[*Consumer]struct{}
+	multis    map[*MultiConsumer]struct{} // see multistream.go
 	notify    notifier
 	watch     watchers
 }
@@ -215,12 +216,23 @@ func (s *Segmenter) Close(ctx context.Context) error {
 		return nil
 	}
 	s.closed = true
+	multis := make([]*MultiConsumer, 0, len(s.multis))
+	for m := range s.multis {
+		multis = append(multis, m)
+	}
+	s.mu.Unlock()
+	var errs []error
+	// Multi-stream consumers first: they stop adding consumers, and shut
+	// down their own.
+	for _, m := range multis {
+		errs = append(errs, m.Shutdown(ctx))
+	}
+	s.mu.Lock()
 	consumers := make([]*Consumer, 0, len(s.consumers))
 	for c := range s.consumers {
 		consumers = append(consumers, c)
 	}
 	s.mu.Unlock()
-	var errs []error
 	for _, c := range consumers {
 		if err := c.Shutdown(ctx); err != nil && !errors.Is(err, ErrClosed) {
 			errs = append(errs, err)
@@ -349,7 +361,9 @@ func (s *Segmenter) RegisterStream(ctx context.Context, name string, partitions 
 	if err != nil {
 		return nil, fmt.Errorf("segmenter: register stream %q: %w", name, err)
 	}
-	if !created {
+	if created {
+		s.streamRegistered(name)
+	} else {
 		got, err := s.streamMeta(ctx, name)
 		if err != nil {
 			return nil, err
@@ -411,6 +425,17 @@ func (s *Segmenter) lookupStream(ctx context.Context, name string) (streamMeta, 
 		return streamMeta{}, err
 	}
 	return s.streamMeta(ctx, name)
+}
+
+// streamRegistered tells the multi-stream consumers of s that stream name
+// was just registered, so that those it matches consume it at once rather
+// than at their next look (every heartbeat interval) at the streams.
+func (s *Segmenter) streamRegistered(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for m := range s.multis {
+		m.streamRegistered(name)
+	}
 }
 
 func (s *Segmenter) reportError(err error) {

@@ -203,17 +203,34 @@ func untrack(s server) {
 
 // Runner wraps a *testing.M so that Run also tears down the servers started
 // by this package. It satisfies goleak.TestingM.
-type Runner struct{ m *testing.M }
+type Runner struct {
+	m         *testing.M
+	exportURL bool // see WrapWithURL
+}
 
 // Wrap returns a Runner for m, for use with wrappers such as
 // goleak.VerifyTestMain(redistest.Wrap(m)).
 func Wrap(m *testing.M) Runner { return Runner{m: m} }
+
+// WrapWithURL is Wrap for packages with runnable examples, as MainWithURL is
+// Main's: Run starts the shared server first and exports its URL as
+// REDIS_URL (unless REDIS_URL is already set). For use with wrappers such as
+// goleak.VerifyTestMain(redistest.WrapWithURL(m)).
+func WrapWithURL(m *testing.M) Runner { return Runner{m: m, exportURL: true} }
 
 // Run runs the tests, then stops and removes every server this package
 // started in this binary. It returns the exit code for os.Exit; a failed
 // teardown turns a success into a failure.
 func (r Runner) Run() int {
 	mainActive.Store(true)
+	if r.exportURL && os.Getenv(EnvURL) == "" {
+		info, err := shared()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "redistest: no Redis server: %v\n", err)
+			return 1
+		}
+		os.Setenv(EnvURL, info.URL)
+	}
 	code := r.m.Run()
 	if err := teardown(); err != nil {
 		fmt.Fprintf(os.Stderr, "redistest: teardown: %v\n", err)
@@ -265,16 +282,7 @@ func requireMain(t testing.TB) {
 // its URL as REDIS_URL (unless REDIS_URL is already set), so examples written
 // as users would write them (RedisURL from the environment) run against it.
 func MainWithURL(m *testing.M) {
-	mainActive.Store(true)
-	if os.Getenv(EnvURL) == "" {
-		info, err := shared()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "redistest: no Redis server: %v\n", err)
-			os.Exit(1)
-		}
-		os.Setenv(EnvURL, info.URL)
-	}
-	Main(m)
+	os.Exit(WrapWithURL(m).Run())
 }
 
 func shared() (*Info, error) {
