@@ -125,13 +125,17 @@ func mapsEqual(a, b map[string]int) bool {
 }
 
 func TestMultiConsumerBadInputWritesNothing(t *testing.T) {
+	onBackends(t, testMultiConsumerBadInputWritesNothing)
+}
+
+func testMultiConsumerBadInputWritesNothing(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	seg := newSegmenter(t, ns, nil)
+	seg := newSegmenter(t, ns, bk.client(t))
 	if _, err := seg.RegisterStream(ctx, "tasks.a", 2, 0); err != nil {
 		t.Fatal(err)
 	}
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	before := slices.Sorted(slices.Values(keysOf(t, rdb, ns)))
 	for _, tc := range []struct {
 		name    string
@@ -185,11 +189,15 @@ func TestMultiConsumerBadInputWritesNothing(t *testing.T) {
 // (another Segmenter) within a heartbeat interval; never a stream the
 // pattern does not match.
 func TestPatternConsumerPicksUpStreamsRegisteredLater(t *testing.T) {
+	onBackends(t, testPatternConsumerPicksUpStreamsRegisteredLater)
+}
+
+func testPatternConsumerPicksUpStreamsRegisteredLater(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
 	const heartbeat = 100 * time.Millisecond
-	seg := newSegmenterConfig(t, segmenter.Config{Namespace: ns, HeartbeatInterval: heartbeat})
-	other := newSegmenterConfig(t, segmenter.Config{Namespace: ns})
+	seg := newSegmenterConfig(t, segmenter.Config{Namespace: ns, Client: bk.client(t), HeartbeatInterval: heartbeat})
+	other := newSegmenterConfig(t, segmenter.Config{Namespace: ns, Client: bk.client(t)})
 	recs := newStreamRecorders()
 	created, err := seg.RegisterStream(ctx, "tasks.event.created", 4, 0)
 	if err != nil {
@@ -289,8 +297,12 @@ func TestPatternConsumerMatchingNothingWaits(t *testing.T) {
 // the streams in the same group: each stream's partitions are balanced over
 // its own members, one assignment per stream.
 func TestMultiConsumersBalanceEachStream(t *testing.T) {
+	onBackends(t, testMultiConsumersBalanceEachStream)
+}
+
+func testMultiConsumersBalanceEachStream(t *testing.T, bk backend) {
 	ctx := context.Background()
-	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	seg := newSegmenter(t, redistest.Namespace(t), bk.client(t))
 	if _, err := seg.RegisterStream(ctx, "a", 4, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -342,12 +354,16 @@ func (l streamsText) String() string { return l() }
 // reported to OnError with ErrGroupNotFound, and one removed from the
 // registry with ErrStreamNotFound, while the other streams go on.
 func TestMultiConsumerRunAndDeletedStreams(t *testing.T) {
+	onBackends(t, testMultiConsumerRunAndDeletedStreams)
+}
+
+func testMultiConsumerRunAndDeletedStreams(t *testing.T, bk backend) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
 	keys := keyspace.New(ns)
 	var mu sync.Mutex
 	var bg []error
-	seg := newSegmenterConfig(t, segmenter.Config{Namespace: ns, HeartbeatInterval: 50 * time.Millisecond,
+	seg := newSegmenterConfig(t, segmenter.Config{Namespace: ns, Client: bk.client(t), HeartbeatInterval: 50 * time.Millisecond,
 		OnError: func(err error) { mu.Lock(); bg = append(bg, err); mu.Unlock() }})
 	recs := newStreamRecorders()
 	names := []string{"s1", "s2", "s3"}
@@ -398,7 +414,7 @@ func TestMultiConsumerRunAndDeletedStreams(t *testing.T) {
 	}
 
 	// s2's partitions vanish in Redis; s3 leaves the registry.
-	rdb := redistest.Client(t)
+	rdb := bk.client(t)
 	for p := range 3 {
 		if err := rdb.Del(ctx, keys.Partition("s2", p)).Err(); err != nil {
 			t.Fatal(err)
@@ -552,8 +568,12 @@ func TestReadWithMaxMessages(t *testing.T) {
 // any of them without waiting (maxWait 0), not only in the one partition
 // its budget would cover.
 func TestReadWithFewerMessagesThanPartitionsLooksAtEvery(t *testing.T) {
+	onBackends(t, testReadWithFewerMessagesThanPartitionsLooksAtEvery)
+}
+
+func testReadWithFewerMessagesThanPartitionsLooksAtEvery(t *testing.T, bk backend) {
 	ctx := context.Background()
-	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	seg := newSegmenter(t, redistest.Namespace(t), bk.client(t))
 	st, err := seg.RegisterStream(ctx, "s", 16, 0)
 	if err != nil {
 		t.Fatal(err)
