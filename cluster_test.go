@@ -142,7 +142,7 @@ func TestClusterFetchAndAckAreOnePipelinePerNode(t *testing.T) {
 		if err := c.Ack(ctx, msgs...); err != nil {
 			t.Fatal(err)
 		}
-		acks := h.take("2 keys, 4 args")
+		acks := h.take("2 keys, 5 args")
 		if round == 0 {
 			continue // the scripts were loaded: a second pipeline per node with EVAL
 		}

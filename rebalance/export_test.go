@@ -8,3 +8,7 @@ func UseScriptsOnly(t testing.TB) {
 	scriptsOnly.Store(true)
 	t.Cleanup(func() { scriptsOnly.Store(false) })
 }
+
+// AckWithID is Ack with the ack's id given: a second call with the same id
+// is a retry of the first (as go-redis sends one whose reply was lost).
+var AckWithID = ackWithID

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -296,30 +297,49 @@ const maxAckIDs = 1000
 // Ack runs the fenced acknowledgement of every request in one round trip
 // (natively on a single Redis node, see native.go; two when a lease was
 // lost). XACK is idempotent, so an ack whose reply was lost may be sent
-// again.
+// again: every ack has an id of its own, recorded in the lease with the
+// acknowledgement, so that a run sent again after the lease moved on (a
+// go-redis retry, or the scripts after a failed native ack) knows when an
+// earlier run did the work, and is not reported fenced.
 func Ack(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs []AckRequest) []AckResult {
+	return ackWithID(ctx, rdb, owner, group, newAckID(owner), reqs)
+}
+
+// ackWithID is Ack with the ack's id.
+func ackWithID(ctx context.Context, rdb redis.Cmdable, owner, group, id string, reqs []AckRequest) []AckResult {
 	if len(reqs) > 0 && native(ctx, rdb) {
-		if res, err := ackNative(ctx, rdb, owner, group, reqs); err == nil {
+		if res, err := ackNative(ctx, rdb, owner, group, id, reqs); err == nil {
 			return res
 		}
 		// A lease is not ours (the scripts say which), or the call failed
 		// (sent again: XACK is idempotent).
 	}
-	return ackScripts(ctx, rdb, owner, group, reqs)
+	return ackScripts(ctx, rdb, owner, group, id, reqs)
 }
 
-// ackScripts is Ack through the scripts.
-func ackScripts(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs []AckRequest) []AckResult {
+// newAckID returns an id for one Ack of owner, unique for this process
+// (owners are unique in their group) and across its restarts.
+func newAckID(owner string) string {
+	return owner + ":" + ackNonce + ":" + strconv.FormatUint(ackSeq.Add(1), 36)
+}
+
+var (
+	ackNonce = strconv.FormatInt(time.Now().UnixNano(), 36)
+	ackSeq   atomic.Uint64
+)
+
+// ackScripts is Ack through the scripts, with the ack's id.
+func ackScripts(ctx context.Context, rdb redis.Cmdable, owner, group, ackID string, reqs []AckRequest) []AckResult {
 	if _, single := rdb.(*redis.Client); single && len(reqs) > 1 {
-		return ackMany(ctx, rdb, owner, group, reqs)
+		return ackMany(ctx, rdb, owner, group, ackID, reqs)
 	}
 	var b batch
 	calls := make([][]*call, len(reqs))
 	for i, r := range reqs {
 		for start := 0; start < len(r.IDs); start += maxAckIDs {
 			end := min(start+maxAckIDs, len(r.IDs))
-			args := make([]any, 0, 3+end-start)
-			args = append(args, owner, strconv.FormatInt(r.Epoch, 10), group)
+			args := make([]any, 0, 4+end-start)
+			args = append(args, owner, strconv.FormatInt(r.Epoch, 10), group, ackID)
 			for _, id := range r.IDs[start:end] {
 				args = append(args, id)
 			}
@@ -347,9 +367,9 @@ func ackScripts(ctx context.Context, rdb redis.Cmdable, owner, group string, req
 var ackManyScript = load("ack_many")
 
 // ackMany acks every request in one script: for a single Redis node only.
-func ackMany(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs []AckRequest) []AckResult {
+func ackMany(ctx context.Context, rdb redis.Cmdable, owner, group, ackID string, reqs []AckRequest) []AckResult {
 	keys := make([]string, 0, 2*len(reqs))
-	args := []any{owner, group}
+	args := []any{owner, group, ackID}
 	for _, r := range reqs {
 		keys = append(keys, r.LeaseKey, r.StreamKey)
 		args = append(args, strconv.FormatInt(r.Epoch, 10), len(r.IDs))

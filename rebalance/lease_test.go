@@ -477,3 +477,65 @@ func TestResetLeavesAPartitionWithAHeldLeaseAlone(t *testing.T) {
 		t.Fatalf("forced reset: %+v, want the group at %s", res[0], ids[2])
 	}
 }
+
+// An ack whose first run acknowledged its messages but whose reply was
+// lost, sent again (by go-redis, or by the SDK after a failed native ack)
+// once the lease went to another consumer, is not reported as fenced: the
+// ack's id in the lease says its first run did the work. Another ack under
+// the lost lease is fenced and acknowledges nothing, also alongside another
+// partition (one script for both on a single node).
+func TestAckSentAgainAfterTheLeaseMovedIsNotFenced(t *testing.T) {
+	bothPaths(t, func(t *testing.T) {
+		f := newFixture(t)
+		f.add(t, 2)
+		other := newFixture(t)
+		other.add(t, 1)
+		a := f.acquire(t, "A", time.Minute)
+		b := other.acquire(t, "A", time.Minute)
+		read := func(fx fixture, epoch int64) []rebalance.Entry {
+			r := fx.fetch(t, "A", epoch, rebalance.FetchRequest{LeaseKey: fx.lease, StreamKey: fx.stream, Epoch: epoch, Count: 10, FetchID: "f", Cursor: "0-0"}, time.Hour)
+			if r.Err != nil || r.Fenced {
+				t.Fatalf("fetch: %+v", r)
+			}
+			return r.Entries
+		}
+		got, gotOther := read(f, a.Epoch), read(other, b.Epoch)
+		if len(got) != 2 || len(gotOther) != 1 {
+			t.Fatalf("read %d and %d entries, want 2 and 1", len(got), len(gotOther))
+		}
+		done, held := got[0].ID, got[1].ID
+		first := []rebalance.AckRequest{{LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch, IDs: []string{done}}}
+		if r := rebalance.AckWithID(f.ctx, f.rdb, "A", f.group, "ack-1", first)[0]; r.Err != nil || r.Fenced || r.Acked != 1 {
+			t.Fatalf("first ack: %+v", r)
+		}
+		// A's leases expire and B is granted them.
+		for _, fx := range []fixture{f, other} {
+			if err := fx.rdb.HSet(fx.ctx, fx.lease, "x", 0).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if g := fx.acquire(t, "B", time.Minute); !g.Granted {
+				t.Fatalf("B not granted: %+v", g)
+			}
+		}
+		if r := rebalance.AckWithID(f.ctx, f.rdb, "A", f.group, "ack-1", first)[0]; r.Err != nil || r.Fenced {
+			t.Fatalf("the first ack sent again after the lease moved: %+v, want acknowledged", r)
+		}
+		for _, reqs := range [][]rebalance.AckRequest{
+			{{LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch, IDs: []string{held}}},
+			{{LeaseKey: f.lease, StreamKey: f.stream, Epoch: a.Epoch, IDs: []string{done, held}},
+				{LeaseKey: other.lease, StreamKey: other.stream, Epoch: b.Epoch, IDs: []string{gotOther[0].ID}}},
+		} {
+			for i, r := range rebalance.Ack(f.ctx, f.rdb, "A", f.group, reqs) {
+				if !r.Fenced {
+					t.Fatalf("another ack under the lost lease (%d of %d): %+v, want fenced", i+1, len(reqs), r)
+				}
+			}
+		}
+		if n, _ := f.rdb.XPending(f.ctx, f.stream, f.group).Result(); n.Count != 1 {
+			t.Fatalf("%d pending, want the held message only", n.Count)
+		}
+		if n, _ := other.rdb.XPending(other.ctx, other.stream, other.group).Result(); n.Count != 1 {
+			t.Fatalf("the other partition has %d pending, want 1", n.Count)
+		}
+	})
+}

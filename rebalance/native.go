@@ -234,7 +234,7 @@ func fetchNative(ctx context.Context, rdb redis.Cmdable, owner, group string, re
 		// Acknowledged for this group, never delivered to it (fenced: a
 		// lease lost meanwhile leaves them to the next owner, who skips
 		// them too).
-		_ = ackScripts(ctx, rdb, owner, group, skipped)
+		_ = ackScripts(ctx, rdb, owner, group, newAckID(owner), skipped)
 	}
 	return out, nil
 }
@@ -307,7 +307,7 @@ func parseReadGroup(v any, got map[string][]Entry) error {
 // ackNative runs reqs as one native acknowledgement. It returns errAborted,
 // or another error, when the caller must use the scripts (XACK is
 // idempotent: running it again is harmless).
-func ackNative(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs []AckRequest) ([]AckResult, error) {
+func ackNative(ctx context.Context, rdb redis.Cmdable, owner, group, ackID string, reqs []AckRequest) ([]AckResult, error) {
 	n := len(reqs)
 	watch := make([]any, 0, 1+n)
 	watch = append(watch, "WATCH")
@@ -323,6 +323,10 @@ func ackNative(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs
 	pipe.Do(ctx, watch...)
 	guard := pipe.Eval(ctx, guardAck, keys, args...)
 	pipe.Do(ctx, "MULTI")
+	for _, r := range reqs {
+		// The ack's id, as ack.lua records it.
+		pipe.Do(ctx, "HSET", r.LeaseKey, "k"+strconv.FormatInt(r.Epoch, 10), ackID)
+	}
 	for _, r := range reqs {
 		a := make([]any, 0, 3+len(r.IDs))
 		a = append(a, "XACK", r.StreamKey, group)
@@ -344,11 +348,11 @@ func ackNative(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs
 		disableNative(rdb)
 		return nil, fmt.Errorf("native ack: guard %v %v, and the ack ran", g, gerr)
 	}
-	if len(v) != n {
-		return nil, fmt.Errorf("native ack: EXEC returned %d replies for %d commands", len(v), n)
+	if len(v) != 2*n {
+		return nil, fmt.Errorf("native ack: EXEC returned %d replies for %d commands", len(v), 2*n)
 	}
 	out := make([]AckResult, n)
-	for i, x := range v {
+	for i, x := range v[n:] {
 		if e, ok := x.(redis.Error); ok {
 			return nil, e
 		}

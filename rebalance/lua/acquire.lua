@@ -15,5 +15,10 @@ local e = epoch + 1
 local us = now_us()
 if e < us then e = us end
 local ttl = tonumber(ARGV[2])
+-- The ack ids of epochs before the previous one go (see ack.lua): the
+-- previous holder's stays, for a retry of its last ack.
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, 1) == 'k' and f ~= 'k' .. fmt(epoch) then redis.call('HDEL', KEYS[1], f) end
+end
 redis.call('HSET', KEYS[1], 'o', ARGV[1], 'e', fmt(e), 'x', fmt(now + ttl))
 return {1, ARGV[1], fmt(e), ttl}
