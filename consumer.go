@@ -211,8 +211,11 @@ type ownedPartition struct {
 	// sees a new entry in it, a message of it comes due, or quietUntil.
 	quiet      bool
 	quietUntil time.Time
-	news       bool                 // the watcher saw an entry after lastID (cleared by the next fetch)
-	inflight   map[string]time.Time // delivered, not yet acked: ID -> delivery time
+	news       bool                // the watcher saw an entry after lastID (cleared by the next fetch)
+	inflight   map[string]delivery // delivered, not yet acked
+	// sentFloor is at or before the sent time of every message in
+	// inflight (when it is not empty): a bound on when one can come due.
+	sentFloor time.Time
 	// nacks counts Nack calls on the partition; sentNacks is its value
 	// when the fetch in flight was sent.
 	nacks, sentNacks uint64
@@ -220,6 +223,20 @@ type ownedPartition struct {
 	// when the ack returned): that fetch may have claimed them before the
 	// ack ran in Redis, and must not hand them out again.
 	acked map[string]time.Time
+}
+
+// delivery is when a message in flight was delivered: at is when the reply
+// carrying it came back (when the application got it), sent when the fetch
+// (or the touch that last reset its idle time in Redis) was sent. Redis
+// delivered it in between.
+type delivery struct{ at, sent time.Time }
+
+// deliverLocked records the message id of op as delivered (again).
+func (op *ownedPartition) deliverLocked(id string, at, sent time.Time) {
+	if len(op.inflight) == 0 || sent.Before(op.sentFloor) {
+		op.sentFloor = sent
+	}
+	op.inflight[id] = delivery{at: at, sent: sent}
 }
 
 // Stats are counters of a consumer since it was registered.
@@ -587,7 +604,7 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 				ctx:      pctx,
 				cancel:   cancel,
 				cursor:   "0-0", // deliver the pending list first
-				inflight: make(map[string]time.Time),
+				inflight: make(map[string]delivery),
 			}
 			c.setValidLocked(op, sent.Add(c.validity()))
 			c.parts[p] = op
@@ -673,8 +690,8 @@ func (c *Consumer) drainedLocked(op *ownedPartition, now time.Time) bool {
 	if !now.Before(op.validUntil) {
 		return true
 	}
-	for _, at := range op.inflight {
-		if now.Before(at.Add(c.maxProc)) {
+	for _, d := range op.inflight {
+		if now.Before(d.at.Add(c.maxProc)) {
 			return false
 		}
 	}
@@ -875,19 +892,27 @@ func (c *Consumer) fetchRound(ctx context.Context, limit func(int) int) ([]*cont
 
 // fetchOnce is one fetchRound; dead counts the messages it dead-lettered.
 func (c *Consumer) fetchOnce(ctx context.Context, limit func(int) int) (_ []*contracts.CMessage, _ error, dead int) {
-	reqs, parts, err := c.prepareFetch(c.batch, limit)
-	if err != nil || len(reqs) == 0 {
+	plan, err := c.prepareFetch(c.batch, limit)
+	if err != nil || plan == nil {
 		return nil, err, 0
 	}
 	start := time.Now()
-	res := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, reqs)
-	msgs, err := c.applyFetch(parts, reqs, res, start, true)
+	res := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, plan.reqs)
+	msgs, err := c.applyFetch(plan, res, start, true)
 	c.releaseBroken()
 	if err == nil && len(msgs) > 0 && len(msgs) < c.batch {
 		// Partitions that filled their share may hold more: one more
 		// round among them fills the batch.
-		msgs = c.fillBatch(ctx, msgs, parts, reqs, res, limit)
+		msgs = c.fillBatch(ctx, msgs, plan, res, limit)
 	}
+	return c.deliver(ctx, msgs, err, start)
+}
+
+// deliver hands fetched messages out (the dead letters taken out, and the
+// leases' validity checked at the moment of delivery), with fetch error err
+// queued for the next call if some are delivered. dead counts the messages
+// dead-lettered.
+func (c *Consumer) deliver(ctx context.Context, msgs []*contracts.CMessage, err error, start time.Time) (_ []*contracts.CMessage, _ error, dead int) {
 	if n := len(msgs); n > 0 && (c.opts.maxDeliveries > 0 || c.opts.poison == PoisonDeadLetter) {
 		msgs = c.deadLetterDelivered(ctx, msgs, c.deadLetterReason)
 		dead = n - len(msgs)
@@ -916,32 +941,32 @@ func (c *Consumer) fetchOnce(ctx context.Context, limit func(int) int) (_ []*con
 
 // fillBatch runs a second fetch round among the partitions whose first
 // round returned a full share.
-func (c *Consumer) fillBatch(ctx context.Context, msgs []*contracts.CMessage, parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult, limit func(int) int) []*contracts.CMessage {
+func (c *Consumer) fillBatch(ctx context.Context, msgs []*contracts.CMessage, plan *fetchPlan, res []rebalance.FetchResult, limit func(int) int) []*contracts.CMessage {
 	full := make(map[int]int)
 	for i, r := range res {
-		if r.Err == nil && !r.Fenced && len(r.Entries) == reqs[i].Count {
+		if r.Err == nil && !r.Fenced && len(r.Entries) == plan.reqs[i].Count {
 			left := MaxBatchSize
 			if limit != nil {
-				left = limit(parts[i]) - len(r.Entries)
+				left = limit(plan.parts[i]) - len(r.Entries)
 			}
 			if left > 0 {
-				full[parts[i]] = left
+				full[plan.parts[i]] = left
 			}
 		}
 	}
 	if len(full) == 0 {
 		return msgs
 	}
-	reqs2, parts2, err := c.prepareFetch(c.batch-len(msgs), func(p int) int { return full[p] })
-	if err != nil || len(reqs2) == 0 {
+	plan2, err := c.prepareFetch(c.batch-len(msgs), func(p int) int { return full[p] })
+	if err != nil || plan2 == nil {
 		return msgs
 	}
 	// This round starts no claim of messages due for redelivery: one that
 	// came due since the first round must not follow newer messages of its
 	// partition in this batch. It goes first in the next one.
 	sent := time.Now()
-	res2 := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, rebalance.NeverDue, reqs2)
-	more, err := c.applyFetch(parts2, reqs2, res2, sent, false)
+	res2 := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, rebalance.NeverDue, plan2.reqs)
+	more, err := c.applyFetch(plan2, res2, sent, false)
 	if err != nil {
 		c.mu.Lock()
 		c.errs = append(c.errs, err) // for the next call
@@ -950,23 +975,36 @@ func (c *Consumer) fillBatch(ctx context.Context, msgs []*contracts.CMessage, pa
 	return append(msgs, more...)
 }
 
+// fetchPlan is one fetch round: a request per partition, and what the
+// consumer must check of each reply.
+type fetchPlan struct {
+	reqs  []rebalance.FetchRequest
+	parts []int
+	// notDueUntil[i], for a request that skips the redelivery check in
+	// Redis (SkipDue): until when none of its partition's messages in
+	// flight can be due, by the consumer's clock (zero: none in flight).
+	// A reply that comes later is not delivered.
+	notDueUntil []time.Time
+}
+
 // prepareFetch returns a fetch request for each partition the consumer may
 // deliver now (among those with limit(p) > 0, when limit is not nil),
-// sharing budget among them; or the first queued partition error.
-func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.FetchRequest, []int, error) {
+// sharing budget among them; or the first queued partition error. It
+// returns nil when there is nothing to fetch.
+func (c *Consumer) prepareFetch(budget int, limit func(int) int) (*fetchPlan, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
-		return nil, nil, ErrClosed
+		return nil, ErrClosed
 	}
 	if len(c.errs) > 0 {
 		err := c.errs[0]
 		c.errs = c.errs[1:]
-		return nil, nil, err
+		return nil, err
 	}
 	now := time.Now()
 	ready := make([]int, 0, len(c.parts))
-	caps := make(map[int]int)
+	var caps []int // limit(ready[i])
 	for p, op := range c.parts {
 		if !now.Before(op.validUntil) || op.revoking {
 			continue
@@ -979,57 +1017,95 @@ func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.Fe
 			if n <= 0 {
 				continue
 			}
-			caps[p] = n
+			caps = append(caps, n)
 		}
 		ready = append(ready, p)
 	}
-	if len(ready) == 0 {
-		return nil, nil, nil
+	plan := c.planLocked(ready, caps, budget, now, 0)
+	if plan != nil {
+		c.fetching++ // until applyFetch
 	}
-	slices.Sort(ready)
+	return plan, nil
+}
+
+// planLocked shares budget among the partitions of ready (at most caps[i]
+// for ready[i] when caps is not nil) and returns their fetch requests, nil
+// when ready is empty. A request skips the redelivery check in Redis when
+// nothing of its partition can come due within horizon + the usual margin
+// (see notDueUntilLocked): horizon is how late its reply may come.
+func (c *Consumer) planLocked(ready, caps []int, budget int, now time.Time, horizon time.Duration) *fetchPlan {
+	if len(ready) == 0 {
+		return nil
+	}
+	order := make([]int, len(ready))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return ready[a] - ready[b] })
 	// Rotate the start so that, when the batch is smaller than the number of
 	// partitions, every partition gets its turn.
 	c.rotate = (c.rotate + 1) % len(ready)
-	ready = append(ready[c.rotate:], ready[:c.rotate]...)
 	n := min(len(ready), budget)
 	base, extra := budget/n, budget%n
-	reqs := make([]rebalance.FetchRequest, n)
-	for i, p := range ready[:n] {
+	plan := &fetchPlan{
+		reqs:        make([]rebalance.FetchRequest, n),
+		parts:       make([]int, n),
+		notDueUntil: make([]time.Time, n),
+	}
+	prefix := c.id + ":"
+	for i := range n {
+		k := order[(c.rotate+i)%len(ready)]
+		p := ready[k]
 		op := c.parts[p]
 		c.fetchSeq++
 		count := base
 		if i < extra {
 			count++
 		}
-		if limit != nil {
-			count = min(count, caps[p])
+		if caps != nil {
+			count = min(count, caps[k])
 		}
 		op.sentNacks = op.nacks
-		reqs[i] = rebalance.FetchRequest{
+		plan.parts[i] = p
+		r := &plan.reqs[i]
+		*r = rebalance.FetchRequest{
 			LeaseKey:   c.leaseKeys[p],
 			StreamKey:  c.stream.keys[p],
 			Epoch:      op.epoch,
 			Count:      count,
 			Cursor:     op.cursor,
 			CursorIdle: op.cursorIdle,
-			FetchID:    c.id + ":" + strconv.FormatUint(c.fetchSeq, 10),
+			FetchID:    prefix + strconv.FormatUint(c.fetchSeq, 10),
 			NeedTop:    op.lastID == "",
 		}
+		if op.cursor == "" {
+			plan.notDueUntil[i], r.SkipDue = c.notDueUntilLocked(op, now, horizon)
+		}
 	}
-	c.fetching++ // until applyFetch
-	return reqs, ready[:n], nil
+	return plan
 }
 
 // applyFetch turns fetch results into messages and updates the partitions'
 // state (dueChecked: the fetch looked for messages due for redelivery). It
 // returns the messages and the first error.
-func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult, sent time.Time, dueChecked bool) ([]*contracts.CMessage, error) {
+func (c *Consumer) applyFetch(plan *fetchPlan, res []rebalance.FetchResult, sent time.Time, dueChecked bool) ([]*contracts.CMessage, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.fetching--
-	var msgs []*contracts.CMessage
+	parts, reqs := plan.parts, plan.reqs
 	var firstErr error
 	now := time.Now()
+	// The messages, and their data, come from one allocation each.
+	total, size := 0, 0
+	for _, r := range res {
+		total += len(r.Entries)
+		for _, e := range r.Entries {
+			size += dataSize(e.Fields)
+		}
+	}
+	slab := make([]contracts.CMessage, total)
+	data := make([]byte, 0, size)
+	msgs := make([]*contracts.CMessage, 0, total)
 	for i, r := range res {
 		p := parts[i]
 		op, ok := c.parts[p]
@@ -1049,6 +1125,13 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 			// by now and have delivered these. Deliver nothing; once a
 			// renewal confirms the lease, the pending list is claimed again.
 			op.cursor, op.cursorIdle = "0-0", 0
+			continue
+		case r.DueSkipped && !plan.notDueUntil[i].IsZero() && !now.Before(plan.notDueUntil[i]):
+			// The read skipped the redelivery check, and its reply came
+			// after a message in flight may have come due: it may have
+			// read newer ones before it. Deliver nothing; the pending
+			// list is claimed again, oldest first.
+			op.cursor, op.cursorIdle, op.quiet = "0-0", 0, false
 			continue
 		case r.Err != nil && redis.HasErrorPrefix(r.Err, "NOGROUP"):
 			c.toRelease = append(c.toRelease, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
@@ -1071,12 +1154,12 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 			op.cursor, op.cursorIdle, op.quiet = "0-0", 0, false
 			continue
 		}
-		if dueChecked && reqs[i].Cursor == "" && len(r.Deliveries) == 0 && r.NextCursor == "" {
+		if dueChecked && !r.DueSkipped && reqs[i].Cursor == "" && len(r.Deliveries) == 0 && r.NextCursor == "" {
 			// Nothing was due in Redis when the fetch ran, so messages
 			// delivered a maxProcessingTime before it was sent are no longer
 			// pending: an ack whose reply was lost did succeed.
-			for id, at := range op.inflight {
-				if !at.Add(c.maxProc).After(sent) {
+			for id, d := range op.inflight {
+				if !d.at.Add(c.maxProc).After(sent) {
 					delete(op.inflight, id)
 				}
 			}
@@ -1130,27 +1213,22 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 		// handed out twice; nor are claimed messages whose ack ran after
 		// the claim.
 		for _, e := range r.Entries {
-			if at, held := op.inflight[e.ID]; r.Reclaimed && held && now.Before(at.Add(c.maxProc)) {
-				op.inflight[e.ID] = now // the claim reset its idle time in Redis
+			if d, held := op.inflight[e.ID]; r.Reclaimed && held && now.Before(d.at.Add(c.maxProc)) {
+				op.deliverLocked(e.ID, now, sent) // the claim reset its idle time in Redis
 				continue
 			}
 			if _, done := op.acked[e.ID]; done {
 				continue
 			}
-			m := &contracts.CMessage{
-				Id:            e.ID,
-				Partition:     uint32(p),
-				DeliveryCount: 1,
-				Epoch:         op.epoch,
-				Stream:        c.stream.name,
-				Group:         c.group,
-			}
+			m := &slab[len(msgs)]
+			m.Id, m.Partition, m.DeliveryCount, m.Epoch = e.ID, uint32(p), 1, op.epoch
+			m.Stream, m.Group = c.stream.name, c.group
 			if r.Deliveries != nil {
 				if n, ok := r.Deliveries[e.ID]; ok {
 					m.DeliveryCount = uint32(n)
 				}
 			}
-			decodeEntry(e.Fields, m)
+			decodeEntryInto(e.Fields, m, &data)
 			if m.PoisonReason != "" {
 				c.stats.poison.Add(1)
 				c.log.Warn("poison entry", "partition", p, "id", e.ID, "reason", m.PoisonReason)
@@ -1158,7 +1236,7 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 			if m.DeliveryCount > 1 {
 				c.stats.redelivered.Add(1)
 			}
-			op.inflight[e.ID] = now
+			op.deliverLocked(e.ID, now, sent)
 			msgs = append(msgs, m)
 		}
 	}
@@ -1259,12 +1337,44 @@ func newerID(a, b string) bool {
 // dueLocked reports whether a message delivered from op has passed
 // maxProcessingTime without an ack.
 func (c *Consumer) dueLocked(op *ownedPartition, now time.Time) bool {
-	for _, at := range op.inflight {
-		if !now.Before(at.Add(c.maxProc)) {
+	for _, d := range op.inflight {
+		if !now.Before(d.at.Add(c.maxProc)) {
 			return true
 		}
 	}
 	return false
+}
+
+// notDueUntilLocked returns until when, by the consumer's clock, no message
+// of op can be due for redelivery in Redis, and whether that is far enough
+// ahead for a fetch sent now to skip the check in Redis (the XPENDING IDLE
+// of the native read's guard, which walks the whole pending list when
+// nothing is due). It holds because, while no claim is in progress (none
+// was started by a grant, a lost reply, a Nack or a delivery dropped), every
+// message of op pending in Redis is in op.inflight, and Redis delivered
+// each one after its fetch was sent. The zero time: nothing in flight, so
+// nothing can come due.
+func (c *Consumer) notDueUntilLocked(op *ownedPartition, now time.Time, late time.Duration) (time.Time, bool) {
+	if len(op.inflight) == 0 {
+		return time.Time{}, true
+	}
+	// Redis measures idle times in whole milliseconds, by its own clock.
+	slack := c.maxProc/50 + 2*time.Millisecond
+	horizon := c.maxProc/10 + late // the fetch must return before then
+	until := op.sentFloor.Add(c.maxProc - slack)
+	if now.Add(horizon).Before(until) {
+		return until, true
+	}
+	// The bound is old: tighten it to the oldest message still in flight.
+	floor := now
+	for _, d := range op.inflight {
+		if d.sent.Before(floor) {
+			floor = d.sent
+		}
+	}
+	op.sentFloor = floor
+	until = floor.Add(c.maxProc - slack)
+	return until, now.Add(horizon).Before(until)
 }
 
 // nextDueLocked returns when the oldest delivered, unacked message comes due
@@ -1272,9 +1382,9 @@ func (c *Consumer) dueLocked(op *ownedPartition, now time.Time) bool {
 func (c *Consumer) nextDueLocked() (time.Time, bool) {
 	var oldest time.Time
 	for _, op := range c.parts {
-		for _, at := range op.inflight {
-			if oldest.IsZero() || at.Before(oldest) {
-				oldest = at
+		for _, d := range op.inflight {
+			if oldest.IsZero() || d.at.Before(oldest) {
+				oldest = d.at
 			}
 		}
 	}
@@ -1291,41 +1401,106 @@ func (c *Consumer) nextDueLocked() (time.Time, bool) {
 // a *PartitionError wrapping ErrFenced (they will be delivered to the new
 // owner). Acking a message twice is harmless.
 func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
-	type pe struct {
-		p     int
-		epoch int64
-	}
-	groups := make(map[pe][]string)
-	var order []pe
-	for i, m := range msgs {
-		if err := c.checkMessage(i, m); err != nil {
-			return err
-		}
-		k := pe{int(m.Partition), m.Epoch}
-		if _, ok := groups[k]; !ok {
-			order = append(order, k)
-		}
-		groups[k] = append(groups[k], m.Id)
-	}
-	if len(order) == 0 {
-		return nil
+	groups, err := c.groupAcks(msgs)
+	if err != nil || len(groups) == 0 {
+		return err
 	}
 	select {
 	case <-c.done:
 		return ErrClosed
 	default:
 	}
-	reqs := make([]rebalance.AckRequest, len(order))
-	for i, k := range order {
-		reqs[i] = rebalance.AckRequest{LeaseKey: c.leaseKeys[k.p], StreamKey: c.stream.keys[k.p], Epoch: k.epoch, IDs: groups[k]}
-	}
+	reqs := c.ackRequests(groups)
 	start := time.Now()
 	res := rebalance.Ack(ctx, c.seg.rdb, c.id, c.group, reqs)
+	c.mu.Lock()
+	racing := c.fetching > 0
+	c.mu.Unlock()
+	return c.applyAck(groups, res, start, racing)
+}
+
+// ackGroup is the messages to ack of one partition, delivered under one
+// epoch.
+type ackGroup struct {
+	p     int
+	epoch int64
+	ids   []string
+	n     int
+}
+
+// groupAcks validates msgs and groups them by partition and epoch, in the
+// order of their first message.
+func (c *Consumer) groupAcks(msgs []*contracts.CMessage) ([]ackGroup, error) {
+	var groups []ackGroup
+	var index map[[2]int64]int // with many groups
+	of := make([]int32, len(msgs))
+	for i, m := range msgs {
+		if err := c.checkMessage(i, m); err != nil {
+			return nil, err
+		}
+		p, e := int(m.Partition), m.Epoch
+		g := -1
+		if index != nil {
+			if j, ok := index[[2]int64{int64(p), e}]; ok {
+				g = j
+			}
+		} else {
+			for j := range groups {
+				if groups[j].p == p && groups[j].epoch == e {
+					g = j
+					break
+				}
+			}
+		}
+		if g < 0 {
+			g = len(groups)
+			groups = append(groups, ackGroup{p: p, epoch: e})
+			switch {
+			case index != nil:
+				index[[2]int64{int64(p), e}] = g
+			case len(groups) == 16:
+				index = make(map[[2]int64]int)
+				for j, x := range groups {
+					index[[2]int64{int64(x.p), x.epoch}] = j
+				}
+			}
+		}
+		of[i] = int32(g)
+		groups[g].n++
+	}
+	// One array holds every group's IDs.
+	ids := make([]string, len(msgs))
+	off := 0
+	for j := range groups {
+		n := groups[j].n
+		groups[j].ids = ids[off : off : off+n]
+		off += n
+	}
+	for i, m := range msgs {
+		g := &groups[of[i]]
+		g.ids = append(g.ids, m.Id)
+	}
+	return groups, nil
+}
+
+func (c *Consumer) ackRequests(groups []ackGroup) []rebalance.AckRequest {
+	reqs := make([]rebalance.AckRequest, len(groups))
+	for i, g := range groups {
+		reqs[i] = rebalance.AckRequest{LeaseKey: c.leaseKeys[g.p], StreamKey: c.stream.keys[g.p], Epoch: g.epoch, IDs: g.ids}
+	}
+	return reqs
+}
+
+// applyAck reports the outcome of the acks of groups (sent at start) to the
+// hooks and updates the in-flight bookkeeping. racing: a fetch may have
+// been in flight while the acks ran, and may have claimed their messages
+// before them.
+func (c *Consumer) applyAck(groups []ackGroup, res []rebalance.AckResult, start time.Time, racing bool) error {
 	if len(c.hooks.ack) > 0 {
 		end := time.Now()
 		for i, r := range res {
-			ev := AckEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Partition: order[i].p,
-				Epoch: order[i].epoch, IDs: reqs[i].IDs, Outcome: Acked, Err: r.Err, Start: start, End: end}
+			ev := AckEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Partition: groups[i].p,
+				Epoch: groups[i].epoch, IDs: groups[i].ids, Outcome: Acked, Err: r.Err, Start: start, End: end}
 			switch {
 			case r.Err != nil:
 				ev.Outcome = AckFailed
@@ -1343,7 +1518,7 @@ func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 	defer c.mu.Unlock()
 	var errs []error
 	for i, r := range res {
-		k := order[i]
+		k := groups[i]
 		switch {
 		case r.Err != nil:
 			errs = append(errs, &PartitionError{Stream: c.stream.name, Group: c.group, Partition: k.p, Err: fmt.Errorf("ack: %w", r.Err)})
@@ -1355,15 +1530,15 @@ func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 			}
 			errs = append(errs, &PartitionError{Stream: c.stream.name, Group: c.group, Partition: k.p, Err: ErrFenced})
 		default:
-			c.stats.acked.Add(uint64(len(groups[k])))
+			c.stats.acked.Add(uint64(len(k.ids)))
 			if op, ok := c.parts[k.p]; ok {
 				// Only a fetch in flight now can have claimed these before
 				// the ack ran (a later one is sent after it returned).
-				now, racing := time.Now(), c.fetching > 0
+				now := time.Now()
 				if racing && op.acked == nil {
 					op.acked = make(map[string]time.Time)
 				}
-				for _, id := range groups[k] {
+				for _, id := range k.ids {
 					delete(op.inflight, id)
 					if racing {
 						op.acked[id] = now

@@ -664,8 +664,8 @@ func (c *Consumer) touchInflight(ctx context.Context, olderThan time.Duration) {
 			continue
 		}
 		var ids []string
-		for id, at := range op.inflight {
-			if now.Sub(at) >= olderThan {
+		for id, d := range op.inflight {
+			if now.Sub(d.at) >= olderThan {
 				ids = append(ids, id)
 			}
 		}
@@ -695,7 +695,7 @@ func (c *Consumer) touchInflight(ctx context.Context, olderThan time.Duration) {
 		default:
 			for _, id := range reqs[i].IDs {
 				if _, ok := op.inflight[id]; ok {
-					op.inflight[id] = now
+					op.deliverLocked(id, now, now) // reset in Redis after now
 				}
 			}
 		}

@@ -1,0 +1,110 @@
+package segmenter_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/segmenter/segmenter"
+	"github.com/segmenter/segmenter/internal/invariant"
+	"github.com/segmenter/segmenter/internal/redistest"
+)
+
+// pipelineLog is a go-redis hook that sorts the pipelines a client sends
+// by what they carry, and can delay the reply of the next native read.
+type pipelineLog struct {
+	carried  atomic.Int64 // XACK and XREADGROUP in one pipeline (Run's acks in a fetch)
+	watched  atomic.Int64 // XREAD and XREADGROUP in one pipeline (the watcher's read)
+	fetches  atomic.Int64 // XREADGROUP without XREAD
+	delay    atomic.Int64 // the next native read's reply comes this much later (ns)
+	mu       sync.Mutex
+	sawDelay bool
+}
+
+func (h *pipelineLog) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *pipelineLog) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *pipelineLog) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		has := func(name string) bool {
+			return slices.ContainsFunc(cmds, func(c redis.Cmder) bool { return strings.EqualFold(c.Name(), name) })
+		}
+		read, xread, xack := has("xreadgroup"), has("xread"), has("xack")
+		switch {
+		case read && xack:
+			h.carried.Add(1)
+		case read && xread:
+			h.watched.Add(1)
+		case read:
+			h.fetches.Add(1)
+		}
+		err := next(ctx, cmds)
+		if d := time.Duration(h.delay.Load()); d > 0 && read && strings.EqualFold(cmds[0].Name(), "watch") && h.delay.CompareAndSwap(int64(d), 0) {
+			time.Sleep(d) // the reply is on a slow link
+			h.mu.Lock()
+			h.sawDelay = true
+			h.mu.Unlock()
+		}
+		return err
+	}
+}
+
+// A read that skipped the redelivery check in Redis (nothing in flight
+// could be due by the consumer's clock) but whose reply came after a
+// message in flight came due delivers nothing: the due message comes
+// again first, before the newer one that read took.
+func TestReadReplyAfterAMessageCameDueDeliversTheDueOneFirst(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Client(t)
+	h := &pipelineLog{}
+	rdb.AddHook(h)
+	// A long session: the lease stays valid by the local clock while the
+	// reply is late, so only the redelivery bound can hold the read back.
+	seg := newSegmenterConfig(t, segmenter.Config{Namespace: redistest.Namespace(t), Client: rdb, SessionTimeout: 20 * time.Second})
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const maxProc = 300 * time.Millisecond
+	rec := invariant.NewRecorder()
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 1, maxProc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, st, rec, msg("k", "0"), msg("k", "1"))
+	first, err := read(t, c, rec, time.Second)
+	if err != nil || len(first) != 1 || string(first[0].Data) != "0" {
+		t.Fatalf("first read: %v %v", first, err)
+	}
+	// Not acked: it comes due during the next read, whose reply is late.
+	h.delay.Store(int64(2 * maxProc))
+	next, err := read(t, c, rec, 5*time.Second)
+	if err != nil || len(next) != 1 {
+		t.Fatalf("next read: %v %v", next, err)
+	}
+	h.mu.Lock()
+	delayed := h.sawDelay
+	h.mu.Unlock()
+	if !delayed {
+		t.Fatal("no native read was delayed: the test did not test")
+	}
+	if string(next[0].Data) != "0" || next[0].DeliveryCount != 2 {
+		t.Fatalf("next read returned message %q (delivery %d), want the due message 0 again (delivery 2) before 1", next[0].Data, next[0].DeliveryCount)
+	}
+	if err := ack(t, c, rec, next...); err != nil {
+		t.Fatal(err)
+	}
+	last, err := read(t, c, rec, 5*time.Second)
+	if err != nil || len(last) != 1 || string(last[0].Data) != "1" {
+		t.Fatalf("last read: %v %v, want message 1", last, err)
+	}
+	if err := ack(t, c, rec, last...); err != nil {
+		t.Fatal(err)
+	}
+	checkLog(t, rec, invariant.Options{MaxProcessingTime: maxProc, RequireAllAcked: true})
+}
