@@ -812,7 +812,7 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		msgs, err := c.fetchRound(ctx, nil)
+		msgs, err := c.fetchRound(ctx, nil, nil)
 		if len(msgs) > 0 || err != nil {
 			return msgs, err
 		}
@@ -878,11 +878,13 @@ func (c *Consumer) onDeliver(msgs []*contracts.CMessage, start, end time.Time) {
 
 // fetchRound fetches, without waiting, up to a batch from the partitions
 // the consumer may deliver now (at most limit(p) from partition p when limit
-// is not nil). It returns the messages or the first error.
-func (c *Consumer) fetchRound(ctx context.Context, limit func(int) int) ([]*contracts.CMessage, error) {
+// is not nil). It returns the messages or the first error. When acks is
+// not nil, the first fetch may carry the acknowledgement of *acks (see
+// fetchOnce).
+func (c *Consumer) fetchRound(ctx context.Context, limit func(int) int, acks *[]*contracts.CMessage) ([]*contracts.CMessage, error) {
 	// A batch all dead-lettered on the way is no reason to wait: go on.
 	for range 4 {
-		msgs, err, dead := c.fetchOnce(ctx, limit)
+		msgs, err, dead := c.fetchOnce(ctx, limit, acks)
 		if len(msgs) > 0 || err != nil || dead == 0 {
 			return msgs, err
 		}
@@ -891,13 +893,39 @@ func (c *Consumer) fetchRound(ctx context.Context, limit func(int) int) ([]*cont
 }
 
 // fetchOnce is one fetchRound; dead counts the messages it dead-lettered.
-func (c *Consumer) fetchOnce(ctx context.Context, limit func(int) int) (_ []*contracts.CMessage, _ error, dead int) {
+//
+// With acks (Run's), a fetch that runs natively on a single node also
+// acknowledges *acks, in its own transaction, behind the same guard: one
+// round trip and one fence check where an Ack and a fetch take two. The
+// outcome is reported as Ack reports it (hooks, counters), an error of
+// unknown outcome to Config.OnError as Run's acker does, and *acks is then
+// nil; otherwise the caller sends them.
+func (c *Consumer) fetchOnce(ctx context.Context, limit func(int) int, acks *[]*contracts.CMessage) (_ []*contracts.CMessage, _ error, dead int) {
 	plan, err := c.prepareFetch(c.batch, limit)
 	if err != nil || plan == nil {
 		return nil, err, 0
 	}
+	var groups []ackGroup
+	if acks != nil && len(*acks) > 0 && rebalance.CanFetchAck(ctx, c.seg.rdb, plan.reqs) {
+		if g, err := c.groupAcks(*acks); err == nil {
+			groups, *acks = g, nil
+		}
+	}
 	start := time.Now()
-	res := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, plan.reqs)
+	var res []rebalance.FetchResult
+	if groups != nil {
+		// Acks are sent even when ctx ends (as Run's acker sends them).
+		var acked []rebalance.AckResult
+		res, acked = rebalance.FetchAck(context.WithoutCancel(ctx), c.seg.rdb, c.id, c.group, c.maxProc, plan.reqs, c.ackRequests(groups))
+		// The acks ran before the read, or before a fallback read was
+		// sent: the read cannot have claimed their messages first.
+		err := c.applyAck(groups, acked, start, false)
+		if err != nil && !errors.Is(err, ErrFenced) && !errors.Is(err, ErrClosed) {
+			c.seg.reportError(err)
+		}
+	} else {
+		res = rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, plan.reqs)
+	}
 	msgs, err := c.applyFetch(plan, res, start, true)
 	c.releaseBroken()
 	if err == nil && len(msgs) > 0 && len(msgs) < c.batch {

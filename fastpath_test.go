@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/segmenter/segmenter"
+	"github.com/segmenter/segmenter/contracts"
 	"github.com/segmenter/segmenter/internal/invariant"
 	"github.com/segmenter/segmenter/internal/redistest"
 )
@@ -52,6 +53,37 @@ func (h *pipelineLog) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 		}
 		return err
 	}
+}
+
+// Run acknowledges what its handlers finished in its next fetch's
+// transaction (one round trip and one fence check where an ack and a fetch
+// took two), every invariant holding.
+func TestRunCarriesAcksInItsNextFetch(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Client(t)
+	h := &pipelineLog{}
+	rdb.AddHook(h)
+	seg := newSegmenterConfig(t, segmenter.Config{Namespace: redistest.Namespace(t), Client: rdb})
+	st, err := seg.RegisterStream(ctx, "s", 4, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := invariant.NewRecorder()
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 20, 10*time.Second, segmenter.WithHooks(recordingHook{rec}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendKeyed(t, st, rec, 16, 2000)
+	stop := runUntil(t, c, func(ctx context.Context, m *contracts.CMessage) error { return nil })
+	waitAcked(t, rec, 30*time.Second)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d fetches carried acks, %d fetches alone", h.carried.Load(), h.fetches.Load())
+	if h.carried.Load() == 0 {
+		t.Fatal("no fetch carried the acks of the messages handled before it")
+	}
+	checkLog(t, rec, invariant.Options{MaxProcessingTime: 10 * time.Second, RequireAllAcked: true})
 }
 
 // A read that skipped the redelivery check in Redis (nothing in flight

@@ -151,13 +151,16 @@ type runner struct {
 	abort       context.Context // cancels every handler
 	cancelAbort context.CancelFunc
 
-	idle chan struct{} // a partition has room again
+	idle chan struct{} // a partition has room again, or acks were handed over
 	wg   sync.WaitGroup
 
-	// The acker sends the acks of every partition gathered meanwhile in
-	// one pipelined round trip.
+	// The workers' acks go to the dispatcher (ackBuf), whose next fetch
+	// carries them when it can; else it hands them to the acker
+	// (ackSend), which sends the acks of every partition gathered
+	// meanwhile in one round trip.
 	ackMu   sync.Mutex
 	ackBuf  []*contracts.CMessage
+	ackSend []*contracts.CMessage
 	ackKick chan struct{}
 	ackStop chan struct{}
 	ackerWG sync.WaitGroup
@@ -215,7 +218,9 @@ func (r *runner) run() error {
 			c.touchInflight(r.stop, touchEvery)
 			lastTouch = time.Now()
 		}
-		msgs, err := c.fetchRound(r.stop, r.limit)
+		acks := r.handedAcks()
+		msgs, err := c.fetchRound(r.stop, r.limit, &acks)
+		r.sendAcks(acks) // those the fetch did not carry
 		var pe *PartitionError
 		switch {
 		case errors.Is(err, ErrClosed):
@@ -279,12 +284,20 @@ func (r *runner) limit(p int) int {
 	return room
 }
 
+// sleep waits d (after an error); the acks handed over meanwhile go to
+// the acker.
 func (r *runner) sleep(d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
-	select {
-	case <-r.stop.Done():
-	case <-t.C:
+	for {
+		r.sendAcks(r.handedAcks())
+		select {
+		case <-r.stop.Done():
+			return
+		case <-t.C:
+			return
+		case <-r.idle:
+		}
 	}
 }
 
@@ -567,7 +580,8 @@ func (r *runner) call(ctx context.Context, h Handler, m *contracts.CMessage, att
 	return h(ctx, m)
 }
 
-// ack hands handled messages to the acker.
+// ack hands handled messages to the dispatcher, and wakes it: its next
+// fetch carries their acknowledgement, or it hands them to the acker.
 func (r *runner) ack(msgs []*contracts.CMessage) {
 	if len(msgs) == 0 {
 		return
@@ -576,14 +590,37 @@ func (r *runner) ack(msgs []*contracts.CMessage) {
 	r.ackBuf = append(r.ackBuf, msgs...)
 	r.ackMu.Unlock()
 	select {
+	case r.idle <- struct{}{}:
+	default:
+	}
+}
+
+// handedAcks returns the messages handed over by ack since the last call.
+func (r *runner) handedAcks() []*contracts.CMessage {
+	r.ackMu.Lock()
+	defer r.ackMu.Unlock()
+	msgs := r.ackBuf
+	r.ackBuf = nil
+	return msgs
+}
+
+// sendAcks has the acker acknowledge msgs.
+func (r *runner) sendAcks(msgs []*contracts.CMessage) {
+	if len(msgs) == 0 {
+		return
+	}
+	r.ackMu.Lock()
+	r.ackSend = append(r.ackSend, msgs...)
+	r.ackMu.Unlock()
+	select {
 	case r.ackKick <- struct{}{}:
 	default:
 	}
 }
 
-// acker acknowledges what the workers handled, all partitions in one call;
-// a failure leaves the messages to redelivery. It sends what is left when
-// stopped.
+// acker acknowledges what the dispatcher hands it, all partitions in one
+// call; a failure leaves the messages to redelivery. It sends what is left
+// when stopped.
 func (r *runner) acker() {
 	for {
 		stopping := false
@@ -593,8 +630,12 @@ func (r *runner) acker() {
 			stopping = true
 		}
 		r.ackMu.Lock()
-		msgs := r.ackBuf
-		r.ackBuf = nil
+		msgs := r.ackSend
+		r.ackSend = nil
+		if stopping { // the workers are done: what they handed over last
+			msgs = append(msgs, r.ackBuf...)
+			r.ackBuf = nil
+		}
 		r.ackMu.Unlock()
 		if len(msgs) > 0 {
 			err := r.c.Ack(context.WithoutCancel(r.stop), msgs...)
