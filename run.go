@@ -361,17 +361,26 @@ func (r *runner) dispatch(msgs []*contracts.CMessage) {
 // handed to it, until it has been idle for keyIdle or Run finishes.
 func (r *runner) keyWorker(task keyTask) {
 	defer r.wg.Done()
+	// One timer, re-armed only when it fires: setting it again after
+	// every key cost more than many a handler.
 	t := time.NewTimer(keyIdle)
 	defer t.Stop()
 	for {
 		r.runKey(task.rp, task.key)
-		t.Reset(keyIdle)
-		select {
-		case task = <-r.keyWork:
-		case <-t.C:
-			return
-		case <-r.keyQuit:
-			return
+		done := time.Now()
+		for next := false; !next; {
+			select {
+			case task = <-r.keyWork:
+				next = true
+			case <-t.C:
+				idle := time.Since(done)
+				if idle >= keyIdle {
+					return
+				}
+				t.Reset(keyIdle - idle)
+			case <-r.keyQuit:
+				return
+			}
 		}
 	}
 }
@@ -407,8 +416,9 @@ func (r *runner) runSequential(rp *runPart, ms []*contracts.CMessage) {
 func (r *runner) runKey(rp *runPart, key string) {
 	hctx := rp.hctx
 	progress := func() { r.ack(r.takeAcks(rp, true)) }
+	var acks []*contracts.CMessage
+	r.mu.Lock()
 	for {
-		r.mu.Lock()
 		q := rp.keys[key]
 		if len(q) == 0 {
 			delete(rp.keys, key)
@@ -422,7 +432,7 @@ func (r *runner) runKey(rp *runPart, key string) {
 		m := q[0]
 		r.mu.Unlock()
 
-		var acks []*contracts.CMessage
+		acks = acks[:0]
 		ok := r.handle(hctx, rp, m, &acks, progress)
 
 		r.mu.Lock()
@@ -435,14 +445,23 @@ func (r *runner) runKey(rp *runPart, key string) {
 			r.finished(rp, len(rest))
 			return
 		}
+		// One critical section per message: its key's queue, its ack and
+		// the partition's room.
 		rp.keys[key] = rp.keys[key][1:]
 		if len(rp.acks) == 0 {
 			rp.acksFrom = time.Now()
 		}
 		rp.acks = append(rp.acks, acks...)
-		r.mu.Unlock()
-		r.ack(r.takeAcks(rp, false))
-		r.finished(rp, 1)
+		send := r.takeAcksLocked(rp, false)
+		wake := r.finishedLocked(rp, 1)
+		if send != nil || wake {
+			r.mu.Unlock()
+			r.ack(send) // wakes the dispatcher too
+			if wake {
+				r.wakeDispatcher()
+			}
+			r.mu.Lock()
+		}
 	}
 }
 
@@ -451,6 +470,10 @@ func (r *runner) runKey(rp *runPart, key string) {
 func (r *runner) takeAcks(rp *runPart, force bool) []*contracts.CMessage {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.takeAcksLocked(rp, force)
+}
+
+func (r *runner) takeAcksLocked(rp *runPart, force bool) []*contracts.CMessage {
 	if len(rp.acks) == 0 || !force && len(rp.acks) < 64 && time.Since(rp.acksFrom) < 5*time.Millisecond {
 		return nil
 	}
@@ -459,11 +482,35 @@ func (r *runner) takeAcks(rp *runPart, force bool) []*contracts.CMessage {
 	return acks
 }
 
-// finished records n messages of rp done and wakes the dispatcher.
+// finished records n messages of rp done and wakes the dispatcher when
+// that may let it fetch the partition.
 func (r *runner) finished(rp *runPart, n int) {
 	r.mu.Lock()
-	rp.inflight -= n
+	wake := r.finishedLocked(rp, n)
 	r.mu.Unlock()
+	if wake {
+		r.wakeDispatcher()
+	}
+}
+
+// finishedLocked records n messages of rp done, and reports whether the
+// dispatcher is to be woken: when limit may now let it fetch the partition
+// (see limit: the partition is idle, its room reached half the bound, or
+// it has room again, to fetch after keyFetchGap; in between, the
+// dispatcher's own retry time covers it). Waking it for every message in
+// per-key mode cost a fetch round for each.
+func (r *runner) finishedLocked(rp *runPart, n int) bool {
+	before := rp.inflight
+	rp.inflight -= n
+	k := r.o.keyConcurrency
+	if k == 0 || rp.inflight == 0 {
+		return true
+	}
+	roomBefore, room := k-before, k-rp.inflight
+	return roomBefore <= 0 && room > 0 || roomBefore < k/2 && room >= k/2
+}
+
+func (r *runner) wakeDispatcher() {
 	select {
 	case r.idle <- struct{}{}:
 	default:
@@ -589,10 +636,7 @@ func (r *runner) ack(msgs []*contracts.CMessage) {
 	r.ackMu.Lock()
 	r.ackBuf = append(r.ackBuf, msgs...)
 	r.ackMu.Unlock()
-	select {
-	case r.idle <- struct{}{}:
-	default:
-	}
+	r.wakeDispatcher()
 }
 
 // handedAcks returns the messages handed over by ack since the last call.
