@@ -179,6 +179,11 @@ type Consumer struct {
 	fetchSeq  uint64
 	fetching  int // fetches sent and not yet applied (see ownedPartition.acked)
 
+	// wread is the read the entry watcher sends for the consumer behind
+	// its XREAD, until Read or Run collects it (they alone touch it: one
+	// at a time).
+	wread *watchRead
+
 	stats     stats
 	retention retentionState // see retention.go
 
@@ -212,6 +217,7 @@ type ownedPartition struct {
 	quiet      bool
 	quietUntil time.Time
 	news       bool                // the watcher saw an entry after lastID (cleared by the next fetch)
+	inRead     bool                // in the read the entry watcher sends (Consumer.wread): fetched by nothing else
 	inflight   map[string]delivery // delivered, not yet acked
 	// sentFloor is at or before the sent time of every message in
 	// inflight (when it is not empty): a bound on when one can come due.
@@ -820,8 +826,9 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration) ([]*contract
 		if remaining <= 0 {
 			return nil, nil
 		}
-		if err := c.wait(ctx, min(remaining, c.seg.cfg.BlockInterval), nil); err != nil {
-			return nil, err
+		msgs, err = c.wait(ctx, min(remaining, c.seg.cfg.BlockInterval), nil, nil)
+		if len(msgs) > 0 || err != nil {
+			return msgs, err
 		}
 	}
 }
@@ -882,6 +889,14 @@ func (c *Consumer) onDeliver(msgs []*contracts.CMessage, start, end time.Time) {
 // not nil, the first fetch may carry the acknowledgement of *acks (see
 // fetchOnce).
 func (c *Consumer) fetchRound(ctx context.Context, limit func(int) int, acks *[]*contracts.CMessage) ([]*contracts.CMessage, error) {
+	// The watcher's read of an earlier wait, if it ran or one of its
+	// partitions must be fetched otherwise (Read with no wait never waits
+	// for it).
+	if read := c.wread; read != nil && (read.finished() || c.mustCollect(read)) {
+		if msgs := c.collect(ctx, read, limit); len(msgs) > 0 {
+			return msgs, nil
+		}
+	}
 	// A batch all dead-lettered on the way is no reason to wait: go on.
 	for range 4 {
 		msgs, err, dead := c.fetchOnce(ctx, limit, acks)
@@ -1013,6 +1028,12 @@ type fetchPlan struct {
 	// flight can be due, by the consumer's clock (zero: none in flight).
 	// A reply that comes later is not delivered.
 	notDueUntil []time.Time
+	// watched: the entry watcher sends it behind its XREAD (see
+	// watchRead), which replied is when its reply came; it does not count
+	// in Consumer.fetching (it reads nothing but new entries, and any claim
+	// its fallback makes is sent after it returned).
+	watched bool
+	replied time.Time
 }
 
 // prepareFetch returns a fetch request for each partition the consumer may
@@ -1034,7 +1055,7 @@ func (c *Consumer) prepareFetch(budget int, limit func(int) int) (*fetchPlan, er
 	ready := make([]int, 0, len(c.parts))
 	var caps []int // limit(ready[i])
 	for p, op := range c.parts {
-		if !now.Before(op.validUntil) || op.revoking {
+		if !now.Before(op.validUntil) || op.revoking || op.inRead {
 			continue
 		}
 		if op.quiet && now.Before(op.quietUntil) && !c.dueLocked(op, now) {
@@ -1119,10 +1140,23 @@ func (c *Consumer) planLocked(ready, caps []int, budget int, now time.Time, hori
 func (c *Consumer) applyFetch(plan *fetchPlan, res []rebalance.FetchResult, sent time.Time, dueChecked bool) ([]*contracts.CMessage, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.fetching--
+	if !plan.watched {
+		c.fetching--
+	}
 	parts, reqs := plan.parts, plan.reqs
+	if plan.watched {
+		for i, p := range parts {
+			if op, ok := c.parts[p]; ok && op.epoch == reqs[i].Epoch {
+				op.inRead = false
+			}
+		}
+	}
 	var firstErr error
 	now := time.Now()
+	replied := now // when the reply came
+	if !plan.replied.IsZero() {
+		replied = plan.replied
+	}
 	// The messages, and their data, come from one allocation each.
 	total, size := 0, 0
 	for _, r := range res {
@@ -1154,7 +1188,7 @@ func (c *Consumer) applyFetch(plan *fetchPlan, res []rebalance.FetchResult, sent
 			// renewal confirms the lease, the pending list is claimed again.
 			op.cursor, op.cursorIdle = "0-0", 0
 			continue
-		case r.DueSkipped && !plan.notDueUntil[i].IsZero() && !now.Before(plan.notDueUntil[i]):
+		case r.DueSkipped && !plan.notDueUntil[i].IsZero() && !replied.Before(plan.notDueUntil[i]):
 			// The read skipped the redelivery check, and its reply came
 			// after a message in flight may have come due: it may have
 			// read newer ones before it. Deliver nothing; the pending
@@ -1278,7 +1312,18 @@ func (c *Consumer) applyFetch(plan *fetchPlan, res []rebalance.FetchResult, sent
 // the Segmenter's entry watcher (a read-only XREAD BLOCK over the quiet
 // partitions of its consumers); where there is none (a cluster), quiet
 // partitions are polled.
-func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struct{}) error {
+//
+// On a single node the watcher also sends, right behind its XREAD and on
+// its connection, the fenced read of the quiet partitions the consumer may
+// fetch (limit, as for fetchRound): Redis runs it as soon as the XREAD
+// returns, so that the entry that woke it is read in the same round trip,
+// not in a fetch after the wake-up. wait returns what that read delivered.
+// It leaves the read out when it wakes for something else (an ack handed
+// over, room in a partition, news of another one), and collects it (CLIENT
+// UNBLOCK) only when one of its partitions must be fetched otherwise (a
+// claim, a message due) or ctx ends.
+func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struct{}, limit func(int) int) ([]*contracts.CMessage, error) {
+	pipelined := c.seg.watch.pipelines() && rebalance.Native(ctx, c.seg.rdb)
 	c.mu.Lock()
 	changed := c.changed
 	if due, ok := c.nextDueLocked(); ok {
@@ -1299,22 +1344,154 @@ func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struc
 			}
 		}
 	}
+	var sendRead *watchRead
+	if from != nil && c.wread == nil && pipelined {
+		sendRead = c.watchReadLocked(from, limit)
+		c.wread = sendRead
+	}
+	read := c.wread
 	c.mu.Unlock()
 	if from != nil {
-		c.seg.watch.watch(c, from)
+		c.seg.watch.watch(c, from, sendRead)
 	}
 
+	var readDone <-chan struct{}
+	if read != nil {
+		readDone = read.done
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
+	var err error
 	select {
 	case <-ctx.Done():
-		return ctx.Err()
+		err = ctx.Err()
 	case <-changed:
 	case <-c.newEntries:
 	case <-extra:
 	case <-t.C:
+	case <-readDone:
 	}
-	return nil
+	if read == nil || err == nil && !read.finished() && !c.mustCollect(read) {
+		return nil, err
+	}
+	msgs := c.collect(ctx, read, limit)
+	if len(msgs) > 0 {
+		return msgs, nil // ctx's end shows at the next call
+	}
+	return nil, err
+}
+
+// watchRead is a fenced read that the entry watcher sends for a consumer
+// right behind its XREAD BLOCK (see wait). While it is out, its partitions
+// are fetched by nothing else.
+type watchRead struct {
+	c    *Consumer
+	plan *fetchPlan
+	// Set by the watcher: q, sent and plan.replied once the pipeline
+	// ran, when it closes done; state and seq under its lock.
+	q     *rebalance.QueuedFetch
+	done  chan struct{}
+	sent  time.Time
+	state int
+	seq   uint64
+}
+
+func (r *watchRead) finished() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// watchReadLocked prepares the read of the partitions of from that the
+// consumer may fetch now with the native read (none with a claim to do, a
+// known position, limit(p) > 0 when limit is not nil), nil if there are
+// none.
+func (c *Consumer) watchReadLocked(from map[int]string, limit func(int) int) *watchRead {
+	if c.closing || len(c.errs) > 0 {
+		return nil
+	}
+	now := time.Now()
+	var ready, caps []int
+	for p := range from {
+		op := c.parts[p]
+		if op == nil || op.revoking || op.inRead || op.cursor != "" || !now.Before(op.validUntil) {
+			continue
+		}
+		if limit != nil {
+			n := limit(p)
+			if n <= 0 {
+				continue
+			}
+			caps = append(caps, n)
+		}
+		ready = append(ready, p)
+	}
+	if limit == nil {
+		caps = nil
+	}
+	// Its reply may come a whole block later: that long, nothing of its
+	// partitions may come due unchecked.
+	plan := c.planLocked(ready, caps, c.batch, now, c.seg.watch.block())
+	if plan == nil {
+		return nil
+	}
+	plan.watched = true
+	for _, p := range plan.parts {
+		c.parts[p].inRead = true
+	}
+	return &watchRead{c: c, plan: plan, done: make(chan struct{})}
+}
+
+// mustCollect reports whether a partition of the read out must be fetched
+// otherwise now: a claim to do (a Nack, a delivery abandoned), a message
+// due for redelivery, or the partition lost or handed over.
+func (c *Consumer) mustCollect(read *watchRead) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	for i, p := range read.plan.parts {
+		op, ok := c.parts[p]
+		if !ok || op.epoch != read.plan.reqs[i].Epoch || op.revoking || op.cursor != "" || c.dueLocked(op, now) {
+			return true
+		}
+	}
+	return false
+}
+
+// collect takes the read out back, asking the watcher to end its XREAD at
+// once if it is still blocked, and returns what it delivered, as a fetch
+// round does (a short batch filled by a second round, with limit); an
+// error is queued for the next fetch round to return.
+func (c *Consumer) collect(ctx context.Context, read *watchRead, limit func(int) int) []*contracts.CMessage {
+	ran := c.seg.watch.collect(read)
+	c.mu.Lock()
+	c.wread = nil
+	if !ran {
+		for i, p := range read.plan.parts {
+			if op, ok := c.parts[p]; ok && op.epoch == read.plan.reqs[i].Epoch {
+				op.inRead = false
+			}
+		}
+		c.mu.Unlock()
+		return nil
+	}
+	c.mu.Unlock()
+	res := read.q.Result(context.WithoutCancel(ctx), c.seg.rdb)
+	msgs, err := c.applyFetch(read.plan, res, read.sent, true)
+	c.releaseBroken()
+	if err == nil && len(msgs) > 0 && len(msgs) < c.batch {
+		msgs = c.fillBatch(ctx, msgs, read.plan, res, limit)
+	}
+	msgs, err, _ = c.deliver(ctx, msgs, err, read.sent)
+	if err != nil {
+		c.mu.Lock()
+		c.errs = append(c.errs, err)
+		c.mu.Unlock()
+	}
+	return msgs
 }
 
 // entriesArrived marks the partitions of the stream keys for the next fetch

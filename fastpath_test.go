@@ -86,6 +86,61 @@ func TestRunCarriesAcksInItsNextFetch(t *testing.T) {
 	checkLog(t, rec, invariant.Options{MaxProcessingTime: 10 * time.Second, RequireAllAcked: true})
 }
 
+// A Read waiting on an empty partition gets the entry that wakes it read
+// in the watcher's round trip (the fenced read rides behind the XREAD
+// BLOCK), with no fetch of its own after the wake-up.
+func TestReadGetsTheWakingEntryReadBehindTheWatchersXREAD(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Client(t)
+	h := &pipelineLog{}
+	rdb.AddHook(h)
+	seg := newSegmenterConfig(t, segmenter.Config{Namespace: redistest.Namespace(t), Client: rdb, BlockInterval: 10 * time.Second})
+	st, err := seg.RegisterStream(ctx, "s", 2, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := c.Read(ctx, 0); len(m) != 0 || err != nil {
+		t.Fatalf("first read: %v %v", m, err)
+	}
+	done := make(chan []*contracts.CMessage, 1)
+	go func() {
+		m, _ := c.Read(ctx, 10*time.Second)
+		done <- m
+	}()
+	redistest.Eventually(t, 10*time.Second, func() bool { return h.watched.Load() > 0 && blockedInXREAD(ctx, rdb) },
+		"the watcher never blocked with the consumer's read behind its XREAD")
+	fetches := h.fetches.Load()
+	send(t, st, nil, msg(keyFor(t, st, 1, 0), "m"))
+	var m []*contracts.CMessage
+	select {
+	case m = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Read did not return")
+	}
+	if len(m) != 1 || string(m[0].Data) != "m" {
+		t.Fatalf("Read returned %v, want the message sent", m)
+	}
+	if n := h.fetches.Load() - fetches; n != 0 {
+		t.Fatalf("%d fetches after the wake-up, want none: the watcher's round trip read the entry", n)
+	}
+	if err := c.Ack(ctx, m...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// blockedInXREAD reports whether a client of the server is blocked in an
+// XREAD.
+func blockedInXREAD(ctx context.Context, rdb *redis.Client) bool {
+	list, err := rdb.ClientList(ctx).Result()
+	return err == nil && slices.ContainsFunc(strings.Split(list, "\n"), func(l string) bool {
+		return strings.Contains(l, " cmd=xread ") && strings.Contains(l, " flags=b")
+	})
+}
+
 // A read that skipped the redelivery check in Redis (nothing in flight
 // could be due by the consumer's clock) but whose reply came after a
 // message in flight came due delivers nothing: the due message comes
@@ -139,4 +194,38 @@ func TestReadReplyAfterAMessageCameDueDeliversTheDueOneFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkLog(t, rec, invariant.Options{MaxProcessingTime: maxProc, RequireAllAcked: true})
+}
+
+// A Read that waited leaves the watcher's read of its quiet partitions
+// out when it returns empty; Reads that do not wait (polling) still get
+// what that read took.
+func TestPollingReadsGetWhatAnEarlierWaitsReadTook(t *testing.T) {
+	ctx := context.Background()
+	seg := newSegmenterConfig(t, segmenter.Config{Namespace: redistest.Namespace(t), BlockInterval: 10 * time.Second})
+	st, err := seg.RegisterStream(ctx, "s", 2, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, wait := range []time.Duration{0, 50 * time.Millisecond} { // the second waits, then returns empty
+		if m, err := c.Read(ctx, wait); len(m) != 0 || err != nil {
+			t.Fatalf("read on empty partitions: %v %v", m, err)
+		}
+	}
+	send(t, st, nil, msg(keyFor(t, st, 0, 0), "a"), msg(keyFor(t, st, 1, 0), "b"))
+	var got []*contracts.CMessage
+	redistest.Eventually(t, 10*time.Second, func() bool {
+		m, err := c.Read(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, m...)
+		return len(got) == 2
+	}, "polling Reads never got the messages")
+	if err := c.Ack(ctx, got...); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -245,7 +246,9 @@ func (r *runner) run() error {
 			r.retryAt = time.Time{}
 		}
 		r.mu.Unlock()
-		_ = c.wait(r.stop, d, r.idle)
+		if msgs, _ := c.wait(r.stop, d, r.idle, r.limit); len(msgs) > 0 {
+			r.dispatch(msgs)
+		}
 	}
 	return nil
 }
@@ -321,6 +324,15 @@ func (r *runner) dispatch(msgs []*contracts.CMessage) {
 	for _, p := range order {
 		ctx, op := r.c.partitionContext(p, byPart[p][0].Epoch)
 		pctx[p] = held{ctx, op}
+	}
+	if len(msgs) < r.c.batch {
+		// Caught up (the batch did not fill): the workers started here
+		// run first. A goroutine started here waits, else, for this one
+		// to block, which takes its next fetch round and wait: on a busy
+		// machine the hand-off that costs a message's latency most. This
+		// one goes on on another core meanwhile. Not when a backlog is
+		// drained: then the next fetch matters more.
+		defer runtime.Gosched()
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

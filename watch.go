@@ -3,10 +3,13 @@ package segmenter
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/segmenter/segmenter/rebalance"
 )
 
 // entryWatcher tells the consumers of a Segmenter when entries arrive in the
@@ -20,15 +23,26 @@ import (
 // It serves single-node clients (*redis.Client, Sentinel included): one
 // XREAD cannot span the slots of a cluster, whose consumers poll instead.
 // The goroutine runs while there are subscribers, and Close waits for it.
+//
+// A subscriber may give it a fenced read of its quiet partitions (see
+// Consumer.wait): the watcher sends it right behind the XREAD, in one
+// pipeline on its connection, and Redis runs it as soon as the XREAD
+// returns. The reply of a pipeline must come within the client's
+// ReadTimeout, so such an XREAD blocks for less (block).
 type entryWatcher struct {
 	seg *Segmenter
 
-	mu       sync.Mutex
-	subs     map[*Consumer]map[string]string // consumer -> stream key -> from ID
-	armed    map[string]string               // the XREAD in flight: key -> from ID
-	seq      uint64                          // counts the XREADs sent
-	id       int64                           // the connection's client ID (0: unknown)
-	noUnblk  bool                            // CLIENT UNBLOCK was refused
+	mu    sync.Mutex
+	subs  map[*Consumer]map[string]string // consumer -> stream key -> from ID
+	reads map[*Consumer]*watchRead        // reads to send with the next XREAD
+	// awaited: consumers whose reads just ran; the next XREAD waits a
+	// little for their next reads (readGrace) rather than go without them
+	// and be unblocked at once to take them.
+	awaited  map[*Consumer]bool
+	armed    map[string]string // the XREAD in flight: key -> from ID
+	seq      uint64            // counts the XREADs sent
+	id       int64             // the connection's client ID (0: unknown)
+	noUnblk  bool              // CLIENT UNBLOCK was refused
 	running  bool
 	retrying bool   // an unblocker goroutine runs
 	rearmSeq uint64 // the XREAD it is to unblock
@@ -44,10 +58,30 @@ const (
 	shortBlock = 20 * time.Millisecond
 )
 
+// readGrace bounds how long the watcher waits, after reads ran, for their
+// consumers' next reads (see entryWatcher.awaited): a consumer that got
+// messages hands them out, then waits again, within well under it.
+const readGrace = 2 * time.Millisecond
+
 func (w *entryWatcher) init(s *Segmenter) {
 	w.seg = s
 	w.subs = make(map[*Consumer]map[string]string)
+	w.reads = make(map[*Consumer]*watchRead)
+	w.awaited = make(map[*Consumer]bool)
 	w.wake = make(chan struct{}, 1)
+}
+
+// pipelines reports whether the watcher sends its subscribers' reads.
+func (w *entryWatcher) pipelines() bool { return w.usable() }
+
+// block is the longest an XREAD that carries reads blocks: less than the
+// client's ReadTimeout, which bounds the reply of a pipeline.
+func (w *entryWatcher) block() time.Duration {
+	rt := w.seg.rdb.(*redis.Client).Options().ReadTimeout
+	if rt <= 0 { // no read deadline
+		return watchBlock
+	}
+	return min(watchBlock, rt*3/4)
 }
 
 // usable reports whether the Segmenter's client can run the watcher.
@@ -57,10 +91,11 @@ func (w *entryWatcher) usable() bool {
 }
 
 // watch makes from (partition -> the newest entry ID c has seen in it) c's
-// quiet set: c hears of an entry newer than from[p] in any p of it. It
-// returns at once, after re-arming the XREAD in flight when it does not
-// cover the set.
-func (w *entryWatcher) watch(c *Consumer, from map[int]string) {
+// quiet set: c hears of an entry newer than from[p] in any p of it. read,
+// when not nil, is sent with the next XREAD. It returns at once, after
+// re-arming the XREAD in flight when it does not cover the set (or carry
+// the read).
+func (w *entryWatcher) watch(c *Consumer, from map[int]string, read *watchRead) {
 	sub := make(map[string]string, len(from))
 	for p, id := range from {
 		sub[c.stream.keys[p]] = id
@@ -68,15 +103,35 @@ func (w *entryWatcher) watch(c *Consumer, from map[int]string) {
 	w.mu.Lock()
 	if w.closed || c.shutdownStarted.Load() {
 		// (Shutdown's unwatch may have run already: no stale subscription.)
+		if read != nil {
+			w.withdrawLocked(read)
+		}
 		w.mu.Unlock()
 		return
 	}
 	if len(sub) == 0 {
 		delete(w.subs, c)
+		delete(w.awaited, c)
+		if read != nil {
+			w.withdrawLocked(read)
+		}
 		w.mu.Unlock()
 		return
 	}
 	w.subs[c] = sub
+	if w.awaited[c] {
+		delete(w.awaited, c)
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+	if read != nil {
+		if old := w.reads[c]; old != nil {
+			w.withdrawLocked(old)
+		}
+		w.reads[c] = read
+	}
 	if !w.running {
 		w.running = true
 		w.wg.Add(1)
@@ -92,7 +147,7 @@ func (w *entryWatcher) watch(c *Consumer, from map[int]string) {
 		}
 		return
 	}
-	covered := true
+	covered := read == nil
 	for k, id := range sub {
 		if a, ok := w.armed[k]; !ok || newerID(a, id) {
 			covered = false
@@ -193,11 +248,61 @@ func (w *entryWatcher) unblock(ctx context.Context, seq uint64, id int64) bool {
 	return n == 1
 }
 
+// The states of a watchRead (under the watcher's lock).
+const (
+	readQueued    = iota // to go with the next XREAD
+	readSent             // its pipeline is on its way: seq is its XREAD
+	readRan              // its pipeline ran: done is (about to be) closed
+	readWithdrawn        // never sent
+)
+
+// withdrawLocked gives read back unsent: its consumer, waiting on done,
+// finds it withdrawn and fetches its partitions itself.
+func (w *entryWatcher) withdrawLocked(read *watchRead) {
+	if read.state != readQueued {
+		return
+	}
+	if w.reads[read.c] == read {
+		delete(w.reads, read.c)
+	}
+	read.state = readWithdrawn
+	close(read.done)
+}
+
+// collect takes read back: a read not sent yet is withdrawn (false); one
+// sent is waited for, its XREAD unblocked if it still blocks (true: its
+// pipeline ran, read.q holds its replies).
+func (w *entryWatcher) collect(read *watchRead) bool {
+	w.mu.Lock()
+	switch read.state {
+	case readQueued:
+		w.withdrawLocked(read)
+		fallthrough
+	case readWithdrawn:
+		w.mu.Unlock()
+		return false
+	case readSent:
+		seq, id, unblock := read.seq, w.id, !w.noUnblk && w.id != 0
+		w.mu.Unlock()
+		if unblock {
+			w.rearm(seq, id)
+		}
+	default:
+		w.mu.Unlock()
+	}
+	<-read.done
+	return true
+}
+
 // unwatch drops c's subscription; the last one lets the goroutine end (and
 // give its connection back) at once.
 func (w *entryWatcher) unwatch(c *Consumer) {
 	w.mu.Lock()
 	delete(w.subs, c)
+	delete(w.awaited, c)
+	if rd := w.reads[c]; rd != nil {
+		w.withdrawLocked(rd)
+	}
 	last, seq, id := len(w.subs) == 0 && w.armed != nil, w.seq, w.id
 	unblock := !w.noUnblk && id != 0
 	w.mu.Unlock()
@@ -216,10 +321,41 @@ func (w *entryWatcher) run() {
 			_ = conn.Close()
 		}
 	}()
+	var grace *time.Timer
+	defer func() {
+		if grace != nil {
+			grace.Stop()
+		}
+	}()
 	for {
 		w.mu.Lock()
+		if len(w.awaited) > 0 && !w.closed {
+			// Reads just ran: give their consumers a moment to send the
+			// next ones with this XREAD.
+			w.mu.Unlock()
+			if grace == nil {
+				grace = time.NewTimer(readGrace)
+			} else {
+				grace.Reset(readGrace)
+			}
+			for waiting := true; waiting; {
+				select {
+				case <-grace.C:
+					waiting = false
+				case <-w.wake:
+					w.mu.Lock()
+					waiting = len(w.awaited) > 0 && !w.closed
+					w.mu.Unlock()
+				}
+			}
+			w.mu.Lock()
+			clear(w.awaited)
+		}
 		if w.closed || len(w.subs) == 0 {
 			w.running, w.armed = false, nil
+			for _, rd := range w.reads {
+				w.withdrawLocked(rd)
+			}
 			w.mu.Unlock()
 			return
 		}
@@ -261,14 +397,51 @@ func (w *entryWatcher) run() {
 		if w.noUnblk || w.id == 0 {
 			block = shortBlock
 		}
+		var sending []*watchRead
+		for c, rd := range w.reads {
+			if _, ok := w.subs[c]; !ok {
+				w.withdrawLocked(rd) // its consumer fetches them itself
+				continue
+			}
+			delete(w.reads, c)
+			sending = append(sending, rd)
+			rd.state, rd.seq = readSent, w.seq
+		}
 		w.mu.Unlock()
 
-		res, err := conn.XRead(ctx, &redis.XReadArgs{Streams: streams, Count: 1, Block: block}).Result()
+		args := &redis.XReadArgs{Streams: streams, Count: 1, Block: block}
+		var res []redis.XStream
+		var err error
+		if len(sending) == 0 {
+			res, err = conn.XRead(ctx, args).Result()
+		} else {
+			// The reads right behind the XREAD: Redis runs them the
+			// moment it returns, in the same round trip.
+			args.Block = min(block, w.block())
+			pipe := conn.Pipeline()
+			xread := pipe.XRead(ctx, args)
+			for _, rd := range sending {
+				rd.q = rebalance.QueueFetch(ctx, pipe, rd.c.id, rd.c.group, rd.c.maxProc, rd.plan.reqs)
+			}
+			sent := time.Now()
+			_, _ = pipe.Exec(ctx)
+			replied := time.Now()
+			res, err = xread.Result()
+			for _, rd := range sending {
+				rd.sent, rd.plan.replied = sent, replied
+			}
+		}
 
 		notify := make(map[*Consumer][]string)
 		w.mu.Lock()
 		w.armed = nil
 		failed := err != nil && !errors.Is(err, redis.Nil)
+		for _, rd := range sending {
+			rd.state = readRan
+			if _, ok := w.subs[rd.c]; ok && !failed {
+				w.awaited[rd.c] = true
+			}
+		}
 		for c, sub := range w.subs {
 			if failed {
 				// Every subscriber fetches: its fetch reports the error.
@@ -280,7 +453,9 @@ func (w *entryWatcher) run() {
 			}
 			for _, x := range res {
 				if from, ok := sub[x.Stream]; ok && len(x.Messages) > 0 && newerID(x.Messages[0].ID, from) {
-					notify[c] = append(notify[c], x.Stream)
+					if !readsKey(sending, c, x.Stream) { // else its read has it
+						notify[c] = append(notify[c], x.Stream)
+					}
 					// Watched on from the entry seen: the consumer reads it
 					// and, drained again, waits from it or a newer one,
 					// which this XREAD covers (no re-arm); an entry after it
@@ -294,6 +469,9 @@ func (w *entryWatcher) run() {
 		}
 		closed := w.closed
 		w.mu.Unlock()
+		for _, rd := range sending {
+			close(rd.done)
+		}
 		for c, keys := range notify {
 			c.entriesArrived(keys)
 		}
@@ -304,6 +482,16 @@ func (w *entryWatcher) run() {
 			w.pause(w.seg.cfg.BlockInterval)
 		}
 	}
+}
+
+// readsKey reports whether one of reads is c's and reads stream key.
+func readsKey(reads []*watchRead, c *Consumer, key string) bool {
+	for _, rd := range reads {
+		if rd.c == c && slices.ContainsFunc(rd.plan.reqs, func(r rebalance.FetchRequest) bool { return r.StreamKey == key }) {
+			return true
+		}
+	}
+	return false
 }
 
 // pause waits d, or less when the watcher closes.
