@@ -51,7 +51,8 @@
 //     in order; Poison reports them. Under Run, one whose handler fails is
 //     dead-lettered at once.
 //   - Consumers wait for new messages in Redis (one XREAD BLOCK per
-//     Segmenter, on a connection of its own). On Redis Cluster every script
+//     Segmenter, on a connection of its own, with the waiting consumers'
+//     fenced reads right behind it). On Redis Cluster every script
 //     touches one hash slot and consumers poll for new messages instead,
 //     since one XREAD cannot span slots.
 //   - Requires Redis 7.0 or later.
