@@ -1371,7 +1371,9 @@ func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struc
 	case <-t.C:
 	case <-readDone:
 	}
-	if read == nil || err == nil && !read.finished() && !c.mustCollect(read) {
+	if read == nil || !read.finished() && (err != nil || !c.mustCollect(read)) {
+		// Left out: its partitions wait for it, the next wait or fetch
+		// round takes it. (At the end of ctx it is not waited for.)
 		return nil, err
 	}
 	msgs := c.collect(ctx, read, limit)

@@ -71,8 +71,17 @@ func (w *entryWatcher) init(s *Segmenter) {
 	w.wake = make(chan struct{}, 1)
 }
 
-// pipelines reports whether the watcher sends its subscribers' reads.
-func (w *entryWatcher) pipelines() bool { return w.usable() }
+// pipelines reports whether the watcher sends its subscribers' reads:
+// not where it cannot be re-armed (CLIENT UNBLOCK refused), as its XREAD
+// then returns every shortBlock.
+func (w *entryWatcher) pipelines() bool {
+	if !w.usable() {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return !w.noUnblk
+}
 
 // block is the longest an XREAD that carries reads blocks: less than the
 // client's ReadTimeout, which bounds the reply of a pipeline.
