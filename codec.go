@@ -32,7 +32,22 @@ func entryValues(m *contracts.PMessage) []any {
 
 // decodeEntry fills msg from an entry's fields. An entry this SDK did not
 // write gets a poison reason, with its raw fields in Metadata.
-func decodeEntry(fields []string, msg *contracts.CMessage) {
+func decodeEntry(fields []string, msg *contracts.CMessage) { decodeEntryInto(fields, msg, nil) }
+
+// dataSize is the size of the data field of an entry (0 if it has none).
+func dataSize(fields []string) int {
+	for i := 0; i+1 < len(fields); i += 2 {
+		if fields[i] == fieldData {
+			return len(fields[i+1])
+		}
+	}
+	return 0
+}
+
+// decodeEntryInto is decodeEntry with the data copied to the end of *buf
+// when it has room (the messages of a batch share one allocation, each
+// with its own capacity: an append to one never writes over another).
+func decodeEntryInto(fields []string, msg *contracts.CMessage, buf *[]byte) {
 	var version, key string
 	var data *string
 	var haveKey bool
@@ -71,6 +86,12 @@ func decodeEntry(fields []string, msg *contracts.CMessage) {
 		return
 	}
 	msg.PartitionKey = key
+	if buf != nil && cap(*buf)-len(*buf) >= len(*data) {
+		start := len(*buf)
+		*buf = append(*buf, *data...)
+		msg.Data = (*buf)[start:len(*buf):len(*buf)]
+		return
+	}
 	msg.Data = []byte(*data)
 }
 

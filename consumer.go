@@ -181,6 +181,11 @@ type Consumer struct {
 	fetching  int // fetches sent and not yet applied (see ownedPartition.acked)
 	leftOut   int // partitions the last fetch left out for want of budget
 
+	// wread is the read the entry watcher sends for the consumer behind
+	// its XREAD, until Read or Run collects it (they alone touch it: one
+	// at a time).
+	wread *watchRead
+
 	stats     stats
 	retention retentionState // see retention.go
 
@@ -213,8 +218,12 @@ type ownedPartition struct {
 	// sees a new entry in it, a message of it comes due, or quietUntil.
 	quiet      bool
 	quietUntil time.Time
-	news       bool                 // the watcher saw an entry after lastID (cleared by the next fetch)
-	inflight   map[string]time.Time // delivered, not yet acked: ID -> delivery time
+	news       bool                // the watcher saw an entry after lastID (cleared by the next fetch)
+	inRead     bool                // in the read the entry watcher sends (Consumer.wread): fetched by nothing else
+	inflight   map[string]delivery // delivered, not yet acked
+	// sentFloor is at or before the sent time of every message in
+	// inflight (when it is not empty): a bound on when one can come due.
+	sentFloor time.Time
 	// nacks counts Nack calls on the partition; sentNacks is its value
 	// when the fetch in flight was sent.
 	nacks, sentNacks uint64
@@ -222,6 +231,20 @@ type ownedPartition struct {
 	// when the ack returned): that fetch may have claimed them before the
 	// ack ran in Redis, and must not hand them out again.
 	acked map[string]time.Time
+}
+
+// delivery is when a message in flight was delivered: at is when the reply
+// carrying it came back (when the application got it), sent when the fetch
+// (or the touch that last reset its idle time in Redis) was sent. Redis
+// delivered it in between.
+type delivery struct{ at, sent time.Time }
+
+// deliverLocked records the message id of op as delivered (again).
+func (op *ownedPartition) deliverLocked(id string, at, sent time.Time) {
+	if len(op.inflight) == 0 || sent.Before(op.sentFloor) {
+		op.sentFloor = sent
+	}
+	op.inflight[id] = delivery{at: at, sent: sent}
 }
 
 // Stats are counters of a consumer since it was registered.
@@ -610,7 +633,7 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 				ctx:      pctx,
 				cancel:   cancel,
 				cursor:   "0-0", // deliver the pending list first
-				inflight: make(map[string]time.Time),
+				inflight: make(map[string]delivery),
 			}
 			c.setValidLocked(op, sent.Add(c.validity()))
 			c.parts[p] = op
@@ -706,8 +729,8 @@ func (c *Consumer) drainedLocked(op *ownedPartition, now time.Time) bool {
 	if !now.Before(op.validUntil) {
 		return true
 	}
-	for _, at := range op.inflight {
-		if now.Before(at.Add(c.maxProc)) {
+	for _, d := range op.inflight {
+		if now.Before(d.at.Add(c.maxProc)) {
 			return false
 		}
 	}
@@ -830,7 +853,7 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration, opts ...Read
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		msgs, err := c.fetchRound(ctx, budget, nil)
+		msgs, err := c.fetchRound(ctx, budget, nil, nil)
 		if len(msgs) > 0 || err != nil {
 			return msgs, err
 		}
@@ -838,8 +861,9 @@ func (c *Consumer) Read(ctx context.Context, maxWait time.Duration, opts ...Read
 		if remaining <= 0 {
 			return nil, nil
 		}
-		if err := c.wait(ctx, min(remaining, c.seg.cfg.BlockInterval), nil); err != nil {
-			return nil, err
+		msgs, err = c.wait(ctx, min(remaining, c.seg.cfg.BlockInterval), budget, nil, nil)
+		if len(msgs) > 0 || err != nil {
+			return msgs, err
 		}
 	}
 }
@@ -852,13 +876,24 @@ func (c *Consumer) keepValid(msgs []*contracts.CMessage, now time.Time) []*contr
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	kept := msgs[:0]
+	var back []*contracts.CMessage
 	for _, m := range msgs {
 		op, ok := c.parts[int(m.Partition)]
 		if ok && op.epoch == m.Epoch && now.Before(op.validUntil) {
 			kept = append(kept, m)
 			continue
 		}
-		// Not delivered after all.
+		back = append(back, m)
+	}
+	c.handBackLocked(back)
+	return kept
+}
+
+// handBackLocked undoes the delivery of msgs, fetched but not handed out:
+// they stay pending in Redis, and their partitions claim the pending list
+// again before reading anything new, so they come first.
+func (c *Consumer) handBackLocked(msgs []*contracts.CMessage) {
+	for _, m := range msgs {
 		c.stats.delivered.Add(^uint64(0))
 		if m.DeliveryCount > 1 {
 			c.stats.redelivered.Add(^uint64(0))
@@ -866,12 +901,11 @@ func (c *Consumer) keepValid(msgs []*contracts.CMessage, now time.Time) []*contr
 		if m.PoisonReason != "" {
 			c.stats.poison.Add(^uint64(0))
 		}
-		if ok && op.epoch == m.Epoch {
+		if op, ok := c.parts[int(m.Partition)]; ok && op.epoch == m.Epoch {
 			delete(op.inflight, m.Id)
 			op.cursor, op.cursorIdle, op.quiet = "0-0", 0, false
 		}
 	}
-	return kept
 }
 
 // onDeliver tells the deliver hooks of a batch.
@@ -896,15 +930,25 @@ func (c *Consumer) onDeliver(msgs []*contracts.CMessage, start, end time.Time) {
 
 // fetchRound fetches, without waiting, up to budget messages from the
 // partitions the consumer may deliver now (at most limit(p) from partition p
-// when limit is not nil). It returns the messages or the first error.
-func (c *Consumer) fetchRound(ctx context.Context, budget int, limit func(int) int) ([]*contracts.CMessage, error) {
+// when limit is not nil). It returns the messages or the first error. When
+// acks is not nil, the first fetch may carry the acknowledgement of *acks
+// (see fetchOnce).
+func (c *Consumer) fetchRound(ctx context.Context, budget int, limit func(int) int, acks *[]*contracts.CMessage) ([]*contracts.CMessage, error) {
+	// The watcher's read of an earlier wait, if it ran or one of its
+	// partitions must be fetched otherwise (Read with no wait never waits
+	// for it).
+	if read := c.wread; read != nil && (read.finished() || c.mustCollect(read)) {
+		if msgs := c.collect(ctx, read, budget, limit); len(msgs) > 0 {
+			return msgs, nil
+		}
+	}
 	// A batch all dead-lettered on the way is no reason to wait: go on.
 	// Nor are partitions left out for want of budget (fewer messages
 	// asked for than partitions to fetch): each fetch takes the next ones
 	// in turn, and a partition found empty waits for the entry watcher, so
 	// this ends once every partition was looked at.
 	for deadRounds, rounds := 0, 0; deadRounds < 4 && rounds <= len(c.leaseKeys); rounds++ {
-		msgs, err, dead := c.fetchOnce(ctx, budget, limit)
+		msgs, err, dead := c.fetchOnce(ctx, budget, limit, acks)
 		if len(msgs) > 0 || err != nil {
 			return msgs, err
 		}
@@ -922,20 +966,54 @@ func (c *Consumer) fetchRound(ctx context.Context, budget int, limit func(int) i
 }
 
 // fetchOnce is one fetchRound; dead counts the messages it dead-lettered.
-func (c *Consumer) fetchOnce(ctx context.Context, budget int, limit func(int) int) (_ []*contracts.CMessage, _ error, dead int) {
-	reqs, parts, err := c.prepareFetch(budget, limit)
-	if err != nil || len(reqs) == 0 {
+//
+// With acks (Run's), a fetch that runs natively on a single node also
+// acknowledges *acks, in its own transaction, behind the same guard: one
+// round trip and one fence check where an Ack and a fetch take two. The
+// outcome is reported as Ack reports it (hooks, counters), an error of
+// unknown outcome to Config.OnError as Run's acker does, and *acks is then
+// nil; otherwise the caller sends them.
+func (c *Consumer) fetchOnce(ctx context.Context, budget int, limit func(int) int, acks *[]*contracts.CMessage) (_ []*contracts.CMessage, _ error, dead int) {
+	plan, err := c.prepareFetch(budget, limit)
+	if err != nil || plan == nil {
 		return nil, err, 0
 	}
+	var groups []ackGroup
+	if acks != nil && len(*acks) > 0 && rebalance.CanFetchAck(ctx, c.seg.rdb, plan.reqs) {
+		if g, err := c.groupAcks(*acks); err == nil {
+			groups, *acks = g, nil
+		}
+	}
 	start := time.Now()
-	res := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, reqs)
-	msgs, err := c.applyFetch(parts, reqs, res, start, true)
+	var res []rebalance.FetchResult
+	if groups != nil {
+		// Acks are sent even when ctx ends (as Run's acker sends them).
+		var acked []rebalance.AckResult
+		res, acked = rebalance.FetchAck(context.WithoutCancel(ctx), c.seg.rdb, c.id, c.group, c.maxProc, plan.reqs, c.ackRequests(groups))
+		// The acks ran before the read, or before a fallback read was
+		// sent: the read cannot have claimed their messages first.
+		err := c.applyAck(groups, acked, start, false)
+		if err != nil && !errors.Is(err, ErrFenced) && !errors.Is(err, ErrClosed) {
+			c.seg.reportError(err)
+		}
+	} else {
+		res = rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, plan.reqs)
+	}
+	msgs, err := c.applyFetch(plan, res, start, true)
 	c.releaseBroken()
 	if err == nil && len(msgs) > 0 && len(msgs) < budget {
 		// Partitions that filled their share may hold more: one more
 		// round among them fills the batch.
-		msgs = c.fillBatch(ctx, budget, msgs, parts, reqs, res, limit)
+		msgs = c.fillBatch(ctx, budget, msgs, plan, res, limit)
 	}
+	return c.deliver(ctx, msgs, err, start)
+}
+
+// deliver hands fetched messages out (the dead letters taken out, and the
+// leases' validity checked at the moment of delivery), with fetch error err
+// queued for the next call if some are delivered. dead counts the messages
+// dead-lettered.
+func (c *Consumer) deliver(ctx context.Context, msgs []*contracts.CMessage, err error, start time.Time) (_ []*contracts.CMessage, _ error, dead int) {
 	if n := len(msgs); n > 0 && (c.opts.maxDeliveries > 0 || c.opts.poison == PoisonDeadLetter) {
 		msgs = c.deadLetterDelivered(ctx, msgs, c.deadLetterReason)
 		dead = n - len(msgs)
@@ -964,32 +1042,32 @@ func (c *Consumer) fetchOnce(ctx context.Context, budget int, limit func(int) in
 
 // fillBatch runs a second fetch round among the partitions whose first
 // round returned a full share.
-func (c *Consumer) fillBatch(ctx context.Context, budget int, msgs []*contracts.CMessage, parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult, limit func(int) int) []*contracts.CMessage {
+func (c *Consumer) fillBatch(ctx context.Context, budget int, msgs []*contracts.CMessage, plan *fetchPlan, res []rebalance.FetchResult, limit func(int) int) []*contracts.CMessage {
 	full := make(map[int]int)
 	for i, r := range res {
-		if r.Err == nil && !r.Fenced && len(r.Entries) == reqs[i].Count {
+		if r.Err == nil && !r.Fenced && len(r.Entries) == plan.reqs[i].Count {
 			left := MaxBatchSize
 			if limit != nil {
-				left = limit(parts[i]) - len(r.Entries)
+				left = limit(plan.parts[i]) - len(r.Entries)
 			}
 			if left > 0 {
-				full[parts[i]] = left
+				full[plan.parts[i]] = left
 			}
 		}
 	}
 	if len(full) == 0 {
 		return msgs
 	}
-	reqs2, parts2, err := c.prepareFetch(budget-len(msgs), func(p int) int { return full[p] })
-	if err != nil || len(reqs2) == 0 {
+	plan2, err := c.prepareFetch(budget-len(msgs), func(p int) int { return full[p] })
+	if err != nil || plan2 == nil {
 		return msgs
 	}
 	// This round starts no claim of messages due for redelivery: one that
 	// came due since the first round must not follow newer messages of its
 	// partition in this batch. It goes first in the next one.
 	sent := time.Now()
-	res2 := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, rebalance.NeverDue, reqs2)
-	more, err := c.applyFetch(parts2, reqs2, res2, sent, false)
+	res2 := rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, rebalance.NeverDue, plan2.reqs)
+	more, err := c.applyFetch(plan2, res2, sent, false)
 	if err != nil {
 		c.mu.Lock()
 		c.errs = append(c.errs, err) // for the next call
@@ -998,25 +1076,44 @@ func (c *Consumer) fillBatch(ctx context.Context, budget int, msgs []*contracts.
 	return append(msgs, more...)
 }
 
+// fetchPlan is one fetch round: a request per partition, and what the
+// consumer must check of each reply.
+type fetchPlan struct {
+	reqs  []rebalance.FetchRequest
+	parts []int
+	// notDueUntil[i], for a request that skips the redelivery check in
+	// Redis (SkipDue): until when none of its partition's messages in
+	// flight can be due, by the consumer's clock (zero: none in flight).
+	// A reply that comes later is not delivered.
+	notDueUntil []time.Time
+	// watched: the entry watcher sends it behind its XREAD (see
+	// watchRead), which replied is when its reply came; it does not count
+	// in Consumer.fetching (it reads nothing but new entries, and any claim
+	// its fallback makes is sent after it returned).
+	watched bool
+	replied time.Time
+}
+
 // prepareFetch returns a fetch request for each partition the consumer may
 // deliver now (among those with limit(p) > 0, when limit is not nil),
-// sharing budget among them; or the first queued partition error.
-func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.FetchRequest, []int, error) {
+// sharing budget among them; or the first queued partition error. It
+// returns nil when there is nothing to fetch.
+func (c *Consumer) prepareFetch(budget int, limit func(int) int) (*fetchPlan, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
-		return nil, nil, ErrClosed
+		return nil, ErrClosed
 	}
 	if len(c.errs) > 0 {
 		err := c.errs[0]
 		c.errs = c.errs[1:]
-		return nil, nil, err
+		return nil, err
 	}
 	now := time.Now()
 	ready := make([]int, 0, len(c.parts))
-	caps := make(map[int]int)
+	var caps []int // limit(ready[i])
 	for p, op := range c.parts {
-		if !now.Before(op.validUntil) || op.revoking {
+		if !now.Before(op.validUntil) || op.revoking || op.inRead {
 			continue
 		}
 		if op.quiet && now.Before(op.quietUntil) && !c.dueLocked(op, now) {
@@ -1027,59 +1124,109 @@ func (c *Consumer) prepareFetch(budget int, limit func(int) int) ([]rebalance.Fe
 			if n <= 0 {
 				continue
 			}
-			caps[p] = n
+			caps = append(caps, n)
 		}
 		ready = append(ready, p)
 	}
-	c.leftOut = 0
-	if len(ready) == 0 {
-		return nil, nil, nil
+	c.leftOut = max(0, len(ready)-budget)
+	plan := c.planLocked(ready, caps, budget, now, 0)
+	if plan != nil {
+		c.fetching++ // until applyFetch
 	}
-	slices.Sort(ready)
+	return plan, nil
+}
+
+// planLocked shares budget among the partitions of ready (at most caps[i]
+// for ready[i] when caps is not nil) and returns their fetch requests, nil
+// when ready is empty. A request skips the redelivery check in Redis when
+// nothing of its partition can come due within horizon + the usual margin
+// (see notDueUntilLocked): horizon is how late its reply may come.
+func (c *Consumer) planLocked(ready, caps []int, budget int, now time.Time, horizon time.Duration) *fetchPlan {
+	if len(ready) == 0 {
+		return nil
+	}
+	order := make([]int, len(ready))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return ready[a] - ready[b] })
 	// Rotate the start so that, when the batch is smaller than the number of
 	// partitions, every partition gets its turn.
 	c.rotate = (c.rotate + 1) % len(ready)
-	ready = append(ready[c.rotate:], ready[:c.rotate]...)
 	n := min(len(ready), budget)
-	c.leftOut = len(ready) - n
 	base, extra := budget/n, budget%n
-	reqs := make([]rebalance.FetchRequest, n)
-	for i, p := range ready[:n] {
+	plan := &fetchPlan{
+		reqs:        make([]rebalance.FetchRequest, n),
+		parts:       make([]int, n),
+		notDueUntil: make([]time.Time, n),
+	}
+	prefix := c.id + ":"
+	for i := range n {
+		k := order[(c.rotate+i)%len(ready)]
+		p := ready[k]
 		op := c.parts[p]
 		c.fetchSeq++
 		count := base
 		if i < extra {
 			count++
 		}
-		if limit != nil {
-			count = min(count, caps[p])
+		if caps != nil {
+			count = min(count, caps[k])
 		}
 		op.sentNacks = op.nacks
-		reqs[i] = rebalance.FetchRequest{
+		plan.parts[i] = p
+		r := &plan.reqs[i]
+		*r = rebalance.FetchRequest{
 			LeaseKey:   c.leaseKeys[p],
 			StreamKey:  c.stream.keys[p],
 			Epoch:      op.epoch,
 			Count:      count,
 			Cursor:     op.cursor,
 			CursorIdle: op.cursorIdle,
-			FetchID:    c.id + ":" + strconv.FormatUint(c.fetchSeq, 10),
+			FetchID:    prefix + strconv.FormatUint(c.fetchSeq, 10),
 			NeedTop:    op.lastID == "",
 		}
+		if op.cursor == "" {
+			plan.notDueUntil[i], r.SkipDue = c.notDueUntilLocked(op, now, horizon)
+		}
 	}
-	c.fetching++ // until applyFetch
-	return reqs, ready[:n], nil
+	return plan
 }
 
 // applyFetch turns fetch results into messages and updates the partitions'
 // state (dueChecked: the fetch looked for messages due for redelivery). It
 // returns the messages and the first error.
-func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []rebalance.FetchResult, sent time.Time, dueChecked bool) ([]*contracts.CMessage, error) {
+func (c *Consumer) applyFetch(plan *fetchPlan, res []rebalance.FetchResult, sent time.Time, dueChecked bool) ([]*contracts.CMessage, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.fetching--
-	var msgs []*contracts.CMessage
+	if !plan.watched {
+		c.fetching--
+	}
+	parts, reqs := plan.parts, plan.reqs
+	if plan.watched {
+		for i, p := range parts {
+			if op, ok := c.parts[p]; ok && op.epoch == reqs[i].Epoch {
+				op.inRead = false
+			}
+		}
+	}
 	var firstErr error
 	now := time.Now()
+	replied := now // when the reply came
+	if !plan.replied.IsZero() {
+		replied = plan.replied
+	}
+	// The messages, and their data, come from one allocation each.
+	total, size := 0, 0
+	for _, r := range res {
+		total += len(r.Entries)
+		for _, e := range r.Entries {
+			size += dataSize(e.Fields)
+		}
+	}
+	slab := make([]contracts.CMessage, total)
+	data := make([]byte, 0, size)
+	msgs := make([]*contracts.CMessage, 0, total)
 	for i, r := range res {
 		p := parts[i]
 		op, ok := c.parts[p]
@@ -1099,6 +1246,13 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 			// by now and have delivered these. Deliver nothing; once a
 			// renewal confirms the lease, the pending list is claimed again.
 			op.cursor, op.cursorIdle = "0-0", 0
+			continue
+		case r.DueSkipped && !plan.notDueUntil[i].IsZero() && !replied.Before(plan.notDueUntil[i]):
+			// The read skipped the redelivery check, and its reply came
+			// after a message in flight may have come due: it may have
+			// read newer ones before it. Deliver nothing; the pending
+			// list is claimed again, oldest first.
+			op.cursor, op.cursorIdle, op.quiet = "0-0", 0, false
 			continue
 		case r.Err != nil && redis.HasErrorPrefix(r.Err, "NOGROUP"):
 			c.toRelease = append(c.toRelease, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
@@ -1121,12 +1275,12 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 			op.cursor, op.cursorIdle, op.quiet = "0-0", 0, false
 			continue
 		}
-		if dueChecked && reqs[i].Cursor == "" && len(r.Deliveries) == 0 && r.NextCursor == "" {
+		if dueChecked && !r.DueSkipped && reqs[i].Cursor == "" && len(r.Deliveries) == 0 && r.NextCursor == "" {
 			// Nothing was due in Redis when the fetch ran, so messages
 			// delivered a maxProcessingTime before it was sent are no longer
 			// pending: an ack whose reply was lost did succeed.
-			for id, at := range op.inflight {
-				if !at.Add(c.maxProc).After(sent) {
+			for id, d := range op.inflight {
+				if !d.at.Add(c.maxProc).After(sent) {
 					delete(op.inflight, id)
 				}
 			}
@@ -1180,27 +1334,22 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 		// handed out twice; nor are claimed messages whose ack ran after
 		// the claim.
 		for _, e := range r.Entries {
-			if at, held := op.inflight[e.ID]; r.Reclaimed && held && now.Before(at.Add(c.maxProc)) {
-				op.inflight[e.ID] = now // the claim reset its idle time in Redis
+			if d, held := op.inflight[e.ID]; r.Reclaimed && held && now.Before(d.at.Add(c.maxProc)) {
+				op.deliverLocked(e.ID, now, sent) // the claim reset its idle time in Redis
 				continue
 			}
 			if _, done := op.acked[e.ID]; done {
 				continue
 			}
-			m := &contracts.CMessage{
-				Id:            e.ID,
-				Partition:     uint32(p),
-				DeliveryCount: 1,
-				Epoch:         op.epoch,
-				Stream:        c.stream.name,
-				Group:         c.group,
-			}
+			m := &slab[len(msgs)]
+			m.Id, m.Partition, m.DeliveryCount, m.Epoch = e.ID, uint32(p), 1, op.epoch
+			m.Stream, m.Group = c.stream.name, c.group
 			if r.Deliveries != nil {
 				if n, ok := r.Deliveries[e.ID]; ok {
 					m.DeliveryCount = uint32(n)
 				}
 			}
-			decodeEntry(e.Fields, m)
+			decodeEntryInto(e.Fields, m, &data)
 			if m.PoisonReason != "" {
 				c.stats.poison.Add(1)
 				c.log.Warn("poison entry", "partition", p, "id", e.ID, "reason", m.PoisonReason)
@@ -1208,7 +1357,7 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 			if m.DeliveryCount > 1 {
 				c.stats.redelivered.Add(1)
 			}
-			op.inflight[e.ID] = now
+			op.deliverLocked(e.ID, now, sent)
 			msgs = append(msgs, m)
 		}
 	}
@@ -1223,27 +1372,62 @@ func (c *Consumer) applyFetch(parts []int, reqs []rebalance.FetchRequest, res []
 // partitions of its consumers: see watchers); where there are none (a
 // client other than a *redis.Client or a *redis.ClusterClient), quiet
 // partitions are polled.
-func (c *Consumer) wait(ctx context.Context, d time.Duration, extra <-chan struct{}) error {
-	changed, d := c.armWait(d)
+//
+// On a single node the watcher also sends, right behind its XREAD and on
+// its connection, the fenced read of the quiet partitions the consumer may
+// fetch (limit, as for fetchRound): Redis runs it as soon as the XREAD
+// returns, so that the entry that woke it is read in the same round trip,
+// not in a fetch after the wake-up. wait returns what that read delivered.
+// It leaves the read out when it wakes for something else (an ack handed
+// over, room in a partition, news of another one), and collects it (CLIENT
+// UNBLOCK) only when one of its partitions must be fetched otherwise (a
+// claim, a message due) or ctx ends.
+func (c *Consumer) wait(ctx context.Context, d time.Duration, budget int, extra <-chan struct{}, limit func(int) int) ([]*contracts.CMessage, error) {
+	pipelined := c.seg.watch.pipelines() && rebalance.Native(ctx, c.seg.rdb)
+	changed, d, read := c.arm(d, budget, limit, pipelined)
+	var readDone <-chan struct{}
+	if read != nil {
+		readDone = read.done
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
+	var err error
 	select {
 	case <-ctx.Done():
-		return ctx.Err()
+		err = ctx.Err()
 	case <-changed:
 	case <-c.newEntries:
 	case <-extra:
 	case <-t.C:
+	case <-readDone:
 	}
-	return nil
+	if read == nil || !read.finished() && (err != nil || !c.mustCollect(read)) {
+		// Left out: its partitions wait for it, the next wait or fetch
+		// round takes it. (At the end of ctx it is not waited for.)
+		return nil, err
+	}
+	msgs := c.collect(ctx, read, budget, limit)
+	if len(msgs) > 0 {
+		return msgs, nil // ctx's end shows at the next call
+	}
+	return nil, err
 }
 
-// armWait prepares a wait of up to d: it has the entry watcher watch the
-// quiet partitions, and returns the channel closed by a change of ownership
-// and how long to wait at most (shorter when a delivered message comes due,
-// or where quiet partitions are polled). A signal on c.newEntries ends the
-// wait too.
+// armWait prepares a wait of up to d without a read behind the watcher's
+// XREAD (a MultiConsumer waits on several consumers at once): it has the
+// entry watcher watch the quiet partitions, and returns the channel closed
+// by a change of ownership and how long to wait at most (shorter when a
+// delivered message comes due, or where quiet partitions are polled). A
+// signal on c.newEntries ends the wait too.
 func (c *Consumer) armWait(d time.Duration) (<-chan struct{}, time.Duration) {
+	changed, d, _ := c.arm(d, c.batch, nil, false)
+	return changed, d
+}
+
+// arm prepares a wait of up to d, as armWait; with pipelined, it also has
+// the watcher send a fenced read of up to budget messages of the quiet
+// partitions behind its XREAD (see wait), and returns the read out.
+func (c *Consumer) arm(d time.Duration, budget int, limit func(int) int, pipelined bool) (<-chan struct{}, time.Duration, *watchRead) {
 	c.mu.Lock()
 	changed := c.changed
 	if due, ok := c.nextDueLocked(); ok {
@@ -1263,11 +1447,139 @@ func (c *Consumer) armWait(d time.Duration) (<-chan struct{}, time.Duration) {
 			}
 		}
 	}
+	var sendRead *watchRead
+	if from != nil && c.wread == nil && pipelined {
+		sendRead = c.watchReadLocked(from, budget, limit)
+		c.wread = sendRead
+	}
+	read := c.wread
 	c.mu.Unlock()
 	if from != nil {
-		c.seg.watch.watch(c, from)
+		c.seg.watch.watch(c, from, sendRead)
 	}
-	return changed, d
+	return changed, d, read
+}
+
+// watchRead is a fenced read that the entry watcher sends for a consumer
+// right behind its XREAD BLOCK (see wait). While it is out, its partitions
+// are fetched by nothing else.
+type watchRead struct {
+	c    *Consumer
+	plan *fetchPlan
+	// Set by the watcher: q, sent and plan.replied once the pipeline
+	// ran, when it closes done; state and seq under its lock.
+	q     *rebalance.QueuedFetch
+	done  chan struct{}
+	sent  time.Time
+	state int
+	seq   uint64
+}
+
+func (r *watchRead) finished() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// watchReadLocked prepares the read of the partitions of from that the
+// consumer may fetch now with the native read (none with a claim to do, a
+// known position, limit(p) > 0 when limit is not nil), nil if there are
+// none.
+func (c *Consumer) watchReadLocked(from map[int]string, budget int, limit func(int) int) *watchRead {
+	if c.closing || len(c.errs) > 0 {
+		return nil
+	}
+	now := time.Now()
+	var ready, caps []int
+	for p := range from {
+		op := c.parts[p]
+		if op == nil || op.revoking || op.inRead || op.cursor != "" || !now.Before(op.validUntil) {
+			continue
+		}
+		if limit != nil {
+			n := limit(p)
+			if n <= 0 {
+				continue
+			}
+			caps = append(caps, n)
+		}
+		ready = append(ready, p)
+	}
+	if limit == nil {
+		caps = nil
+	}
+	// Its reply may come a whole block later: that long, nothing of its
+	// partitions may come due unchecked.
+	plan := c.planLocked(ready, caps, budget, now, c.seg.watch.block())
+	if plan == nil {
+		return nil
+	}
+	plan.watched = true
+	for _, p := range plan.parts {
+		c.parts[p].inRead = true
+	}
+	return &watchRead{c: c, plan: plan, done: make(chan struct{})}
+}
+
+// mustCollect reports whether a partition of the read out must be fetched
+// otherwise now: a claim to do (a Nack, a delivery abandoned), a message
+// due for redelivery, or the partition lost or handed over.
+func (c *Consumer) mustCollect(read *watchRead) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	for i, p := range read.plan.parts {
+		op, ok := c.parts[p]
+		if !ok || op.epoch != read.plan.reqs[i].Epoch || op.revoking || op.cursor != "" || c.dueLocked(op, now) {
+			return true
+		}
+	}
+	return false
+}
+
+// collect takes the read out back, asking the watcher to end its XREAD at
+// once if it is still blocked, and returns what it delivered, up to budget
+// messages, as a fetch round does (a short batch filled by a second round,
+// with limit); an error is queued for the next fetch round to return. A
+// read planned for a larger budget (by a wait of a call that asked for
+// more) hands what is over budget back, as keepValid does: it comes again
+// first.
+func (c *Consumer) collect(ctx context.Context, read *watchRead, budget int, limit func(int) int) []*contracts.CMessage {
+	ran := c.seg.watch.collect(read)
+	c.mu.Lock()
+	c.wread = nil
+	if !ran {
+		for i, p := range read.plan.parts {
+			if op, ok := c.parts[p]; ok && op.epoch == read.plan.reqs[i].Epoch {
+				op.inRead = false
+			}
+		}
+		c.mu.Unlock()
+		return nil
+	}
+	c.mu.Unlock()
+	res := read.q.Result(context.WithoutCancel(ctx), c.seg.rdb)
+	msgs, err := c.applyFetch(read.plan, res, read.sent, true)
+	c.releaseBroken()
+	if err == nil && len(msgs) > 0 && len(msgs) < budget {
+		msgs = c.fillBatch(ctx, budget, msgs, read.plan, res, limit)
+	}
+	if len(msgs) > budget {
+		c.mu.Lock()
+		c.handBackLocked(msgs[budget:])
+		c.mu.Unlock()
+		msgs = msgs[:budget]
+	}
+	msgs, err, _ = c.deliver(ctx, msgs, err, read.sent)
+	if err != nil {
+		c.mu.Lock()
+		c.errs = append(c.errs, err)
+		c.mu.Unlock()
+	}
+	return msgs
 }
 
 // entriesArrived marks the partitions of the stream keys for the next fetch
@@ -1318,12 +1630,44 @@ func newerID(a, b string) bool {
 // dueLocked reports whether a message delivered from op has passed
 // maxProcessingTime without an ack.
 func (c *Consumer) dueLocked(op *ownedPartition, now time.Time) bool {
-	for _, at := range op.inflight {
-		if !now.Before(at.Add(c.maxProc)) {
+	for _, d := range op.inflight {
+		if !now.Before(d.at.Add(c.maxProc)) {
 			return true
 		}
 	}
 	return false
+}
+
+// notDueUntilLocked returns until when, by the consumer's clock, no message
+// of op can be due for redelivery in Redis, and whether that is far enough
+// ahead for a fetch sent now to skip the check in Redis (the XPENDING IDLE
+// of the native read's guard, which walks the whole pending list when
+// nothing is due). It holds because, while no claim is in progress (none
+// was started by a grant, a lost reply, a Nack or a delivery dropped), every
+// message of op pending in Redis is in op.inflight, and Redis delivered
+// each one after its fetch was sent. The zero time: nothing in flight, so
+// nothing can come due.
+func (c *Consumer) notDueUntilLocked(op *ownedPartition, now time.Time, late time.Duration) (time.Time, bool) {
+	if len(op.inflight) == 0 {
+		return time.Time{}, true
+	}
+	// Redis measures idle times in whole milliseconds, by its own clock.
+	slack := c.maxProc/50 + 2*time.Millisecond
+	horizon := c.maxProc/10 + late // the fetch must return before then
+	until := op.sentFloor.Add(c.maxProc - slack)
+	if now.Add(horizon).Before(until) {
+		return until, true
+	}
+	// The bound is old: tighten it to the oldest message still in flight.
+	floor := now
+	for _, d := range op.inflight {
+		if d.sent.Before(floor) {
+			floor = d.sent
+		}
+	}
+	op.sentFloor = floor
+	until = floor.Add(c.maxProc - slack)
+	return until, now.Add(horizon).Before(until)
 }
 
 // nextDueLocked returns when the oldest delivered, unacked message comes due
@@ -1331,9 +1675,9 @@ func (c *Consumer) dueLocked(op *ownedPartition, now time.Time) bool {
 func (c *Consumer) nextDueLocked() (time.Time, bool) {
 	var oldest time.Time
 	for _, op := range c.parts {
-		for _, at := range op.inflight {
-			if oldest.IsZero() || at.Before(oldest) {
-				oldest = at
+		for _, d := range op.inflight {
+			if oldest.IsZero() || d.at.Before(oldest) {
+				oldest = d.at
 			}
 		}
 	}
@@ -1350,41 +1694,106 @@ func (c *Consumer) nextDueLocked() (time.Time, bool) {
 // a *PartitionError wrapping ErrFenced (they will be delivered to the new
 // owner). Acking a message twice is harmless.
 func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
-	type pe struct {
-		p     int
-		epoch int64
-	}
-	groups := make(map[pe][]string)
-	var order []pe
-	for i, m := range msgs {
-		if err := c.checkMessage(i, m); err != nil {
-			return err
-		}
-		k := pe{int(m.Partition), m.Epoch}
-		if _, ok := groups[k]; !ok {
-			order = append(order, k)
-		}
-		groups[k] = append(groups[k], m.Id)
-	}
-	if len(order) == 0 {
-		return nil
+	groups, err := c.groupAcks(msgs)
+	if err != nil || len(groups) == 0 {
+		return err
 	}
 	select {
 	case <-c.done:
 		return ErrClosed
 	default:
 	}
-	reqs := make([]rebalance.AckRequest, len(order))
-	for i, k := range order {
-		reqs[i] = rebalance.AckRequest{LeaseKey: c.leaseKeys[k.p], StreamKey: c.stream.keys[k.p], Epoch: k.epoch, IDs: groups[k]}
-	}
+	reqs := c.ackRequests(groups)
 	start := time.Now()
 	res := rebalance.Ack(ctx, c.seg.rdb, c.id, c.group, reqs)
+	c.mu.Lock()
+	racing := c.fetching > 0
+	c.mu.Unlock()
+	return c.applyAck(groups, res, start, racing)
+}
+
+// ackGroup is the messages to ack of one partition, delivered under one
+// epoch.
+type ackGroup struct {
+	p     int
+	epoch int64
+	ids   []string
+	n     int
+}
+
+// groupAcks validates msgs and groups them by partition and epoch, in the
+// order of their first message.
+func (c *Consumer) groupAcks(msgs []*contracts.CMessage) ([]ackGroup, error) {
+	var groups []ackGroup
+	var index map[[2]int64]int // with many groups
+	of := make([]int32, len(msgs))
+	for i, m := range msgs {
+		if err := c.checkMessage(i, m); err != nil {
+			return nil, err
+		}
+		p, e := int(m.Partition), m.Epoch
+		g := -1
+		if index != nil {
+			if j, ok := index[[2]int64{int64(p), e}]; ok {
+				g = j
+			}
+		} else {
+			for j := range groups {
+				if groups[j].p == p && groups[j].epoch == e {
+					g = j
+					break
+				}
+			}
+		}
+		if g < 0 {
+			g = len(groups)
+			groups = append(groups, ackGroup{p: p, epoch: e})
+			switch {
+			case index != nil:
+				index[[2]int64{int64(p), e}] = g
+			case len(groups) == 16:
+				index = make(map[[2]int64]int)
+				for j, x := range groups {
+					index[[2]int64{int64(x.p), x.epoch}] = j
+				}
+			}
+		}
+		of[i] = int32(g)
+		groups[g].n++
+	}
+	// One array holds every group's IDs.
+	ids := make([]string, len(msgs))
+	off := 0
+	for j := range groups {
+		n := groups[j].n
+		groups[j].ids = ids[off : off : off+n]
+		off += n
+	}
+	for i, m := range msgs {
+		g := &groups[of[i]]
+		g.ids = append(g.ids, m.Id)
+	}
+	return groups, nil
+}
+
+func (c *Consumer) ackRequests(groups []ackGroup) []rebalance.AckRequest {
+	reqs := make([]rebalance.AckRequest, len(groups))
+	for i, g := range groups {
+		reqs[i] = rebalance.AckRequest{LeaseKey: c.leaseKeys[g.p], StreamKey: c.stream.keys[g.p], Epoch: g.epoch, IDs: g.ids}
+	}
+	return reqs
+}
+
+// applyAck reports the outcome of the acks of groups (sent at start) to the
+// hooks and updates the in-flight bookkeeping. racing: a fetch may have
+// been in flight while the acks ran, and may have claimed their messages
+// before them.
+func (c *Consumer) applyAck(groups []ackGroup, res []rebalance.AckResult, start time.Time, racing bool) error {
 	if len(c.hooks.ack) > 0 {
 		end := time.Now()
 		for i, r := range res {
-			ev := AckEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Partition: order[i].p,
-				Epoch: order[i].epoch, IDs: reqs[i].IDs, Outcome: Acked, Err: r.Err, Start: start, End: end}
+			ev := AckEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Partition: groups[i].p,
+				Epoch: groups[i].epoch, IDs: groups[i].ids, Outcome: Acked, Err: r.Err, Start: start, End: end}
 			switch {
 			case r.Err != nil:
 				ev.Outcome = AckFailed
@@ -1402,7 +1811,7 @@ func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 	defer c.mu.Unlock()
 	var errs []error
 	for i, r := range res {
-		k := order[i]
+		k := groups[i]
 		switch {
 		case r.Err != nil:
 			errs = append(errs, &PartitionError{Stream: c.stream.name, Group: c.group, Partition: k.p, Err: fmt.Errorf("ack: %w", r.Err)})
@@ -1414,15 +1823,15 @@ func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 			}
 			errs = append(errs, &PartitionError{Stream: c.stream.name, Group: c.group, Partition: k.p, Err: ErrFenced})
 		default:
-			c.stats.acked.Add(uint64(len(groups[k])))
+			c.stats.acked.Add(uint64(len(k.ids)))
 			if op, ok := c.parts[k.p]; ok {
 				// Only a fetch in flight now can have claimed these before
 				// the ack ran (a later one is sent after it returned).
-				now, racing := time.Now(), c.fetching > 0
+				now := time.Now()
 				if racing && op.acked == nil {
 					op.acked = make(map[string]time.Time)
 				}
-				for _, id := range groups[k] {
+				for _, id := range k.ids {
 					delete(op.inflight, id)
 					if racing {
 						op.acked[id] = now

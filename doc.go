@@ -54,9 +54,10 @@
 //     in order; Poison reports them. Under Run, one whose handler fails is
 //     dead-lettered at once.
 //   - Consumers wait for new messages in Redis, not by polling: on a single
-//     node one XREAD BLOCK per Segmenter, on a connection of its own; on a
-//     Redis Cluster, where one XREAD cannot span slots, one per empty
-//     partition, on the primary serving it.
+//     node one XREAD BLOCK per Segmenter, on a connection of its own, with
+//     the waiting consumers' fenced reads right behind it; on a Redis
+//     Cluster, where one XREAD cannot span slots, one per empty partition,
+//     on the primary serving it.
 //   - On Redis Cluster every script touches one hash slot (a partition's
 //     stream, its leases and its dead letters share one; a group's
 //     membership and assignment another), so every fenced operation stays

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -158,13 +159,16 @@ type runner struct {
 	abort       context.Context // cancels every handler
 	cancelAbort context.CancelFunc
 
-	idle chan struct{} // a partition has room again
+	idle chan struct{} // a partition has room again, or acks were handed over
 	wg   sync.WaitGroup
 
-	// The acker sends the acks of every partition gathered meanwhile in
-	// one pipelined round trip.
+	// The workers' acks go to the dispatcher (ackBuf), whose next fetch
+	// carries them when it can; else it hands them to the acker
+	// (ackSend), which sends the acks of every partition gathered
+	// meanwhile in one round trip.
 	ackMu   sync.Mutex
 	ackBuf  []*contracts.CMessage
+	ackSend []*contracts.CMessage
 	ackKick chan struct{}
 	ackStop chan struct{}
 	ackerWG sync.WaitGroup
@@ -222,7 +226,9 @@ func (r *runner) run() error {
 			c.touchInflight(r.stop, touchEvery)
 			lastTouch = time.Now()
 		}
-		msgs, err := c.fetchRound(r.stop, c.batch, r.limit)
+		acks := r.handedAcks()
+		msgs, err := c.fetchRound(r.stop, c.batch, r.limit, &acks)
+		r.sendAcks(acks) // those the fetch did not carry
 		var pe *PartitionError
 		switch {
 		case errors.Is(err, ErrClosed):
@@ -247,7 +253,9 @@ func (r *runner) run() error {
 			r.retryAt = time.Time{}
 		}
 		r.mu.Unlock()
-		_ = c.wait(r.stop, d, r.idle)
+		if msgs, _ := c.wait(r.stop, d, c.batch, r.idle, r.limit); len(msgs) > 0 {
+			r.dispatch(msgs)
+		}
 	}
 	return nil
 }
@@ -286,12 +294,20 @@ func (r *runner) limit(p int) int {
 	return room
 }
 
+// sleep waits d (after an error); the acks handed over meanwhile go to
+// the acker.
 func (r *runner) sleep(d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
-	select {
-	case <-r.stop.Done():
-	case <-t.C:
+	for {
+		r.sendAcks(r.handedAcks())
+		select {
+		case <-r.stop.Done():
+			return
+		case <-t.C:
+			return
+		case <-r.idle:
+		}
 	}
 }
 
@@ -315,6 +331,15 @@ func (r *runner) dispatch(msgs []*contracts.CMessage) {
 	for _, p := range order {
 		ctx, op := r.c.partitionContext(p, byPart[p][0].Epoch)
 		pctx[p] = held{ctx, op}
+	}
+	if len(msgs) < r.c.batch {
+		// Caught up (the batch did not fill): the workers started here
+		// run first. A goroutine started here waits, else, for this one
+		// to block, which takes its next fetch round and wait: on a busy
+		// machine the hand-off that costs a message's latency most. This
+		// one goes on on another core meanwhile. Not when a backlog is
+		// drained: then the next fetch matters more.
+		defer runtime.Gosched()
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -355,17 +380,26 @@ func (r *runner) dispatch(msgs []*contracts.CMessage) {
 // handed to it, until it has been idle for keyIdle or Run finishes.
 func (r *runner) keyWorker(task keyTask) {
 	defer r.wg.Done()
+	// One timer, re-armed only when it fires: setting it again after
+	// every key cost more than many a handler.
 	t := time.NewTimer(keyIdle)
 	defer t.Stop()
 	for {
 		r.runKey(task.rp, task.key)
-		t.Reset(keyIdle)
-		select {
-		case task = <-r.keyWork:
-		case <-t.C:
-			return
-		case <-r.keyQuit:
-			return
+		done := time.Now()
+		for next := false; !next; {
+			select {
+			case task = <-r.keyWork:
+				next = true
+			case <-t.C:
+				idle := time.Since(done)
+				if idle >= keyIdle {
+					return
+				}
+				t.Reset(keyIdle - idle)
+			case <-r.keyQuit:
+				return
+			}
 		}
 	}
 }
@@ -401,8 +435,9 @@ func (r *runner) runSequential(rp *runPart, ms []*contracts.CMessage) {
 func (r *runner) runKey(rp *runPart, key string) {
 	hctx := rp.hctx
 	progress := func() { r.ack(r.takeAcks(rp, true)) }
+	var acks []*contracts.CMessage
+	r.mu.Lock()
 	for {
-		r.mu.Lock()
 		q := rp.keys[key]
 		if len(q) == 0 {
 			delete(rp.keys, key)
@@ -416,7 +451,7 @@ func (r *runner) runKey(rp *runPart, key string) {
 		m := q[0]
 		r.mu.Unlock()
 
-		var acks []*contracts.CMessage
+		acks = acks[:0]
 		ok := r.handle(hctx, rp, m, &acks, progress)
 
 		r.mu.Lock()
@@ -429,14 +464,23 @@ func (r *runner) runKey(rp *runPart, key string) {
 			r.finished(rp, len(rest))
 			return
 		}
+		// One critical section per message: its key's queue, its ack and
+		// the partition's room.
 		rp.keys[key] = rp.keys[key][1:]
 		if len(rp.acks) == 0 {
 			rp.acksFrom = time.Now()
 		}
 		rp.acks = append(rp.acks, acks...)
-		r.mu.Unlock()
-		r.ack(r.takeAcks(rp, false))
-		r.finished(rp, 1)
+		send := r.takeAcksLocked(rp, false)
+		wake := r.finishedLocked(rp, 1)
+		if send != nil || wake {
+			r.mu.Unlock()
+			r.ack(send) // wakes the dispatcher too
+			if wake {
+				r.wakeDispatcher()
+			}
+			r.mu.Lock()
+		}
 	}
 }
 
@@ -445,6 +489,10 @@ func (r *runner) runKey(rp *runPart, key string) {
 func (r *runner) takeAcks(rp *runPart, force bool) []*contracts.CMessage {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.takeAcksLocked(rp, force)
+}
+
+func (r *runner) takeAcksLocked(rp *runPart, force bool) []*contracts.CMessage {
 	if len(rp.acks) == 0 || !force && len(rp.acks) < 64 && time.Since(rp.acksFrom) < 5*time.Millisecond {
 		return nil
 	}
@@ -453,11 +501,35 @@ func (r *runner) takeAcks(rp *runPart, force bool) []*contracts.CMessage {
 	return acks
 }
 
-// finished records n messages of rp done and wakes the dispatcher.
+// finished records n messages of rp done and wakes the dispatcher when
+// that may let it fetch the partition.
 func (r *runner) finished(rp *runPart, n int) {
 	r.mu.Lock()
-	rp.inflight -= n
+	wake := r.finishedLocked(rp, n)
 	r.mu.Unlock()
+	if wake {
+		r.wakeDispatcher()
+	}
+}
+
+// finishedLocked records n messages of rp done, and reports whether the
+// dispatcher is to be woken: when limit may now let it fetch the partition
+// (see limit: the partition is idle, its room reached half the bound, or
+// it has room again, to fetch after keyFetchGap; in between, the
+// dispatcher's own retry time covers it). Waking it for every message in
+// per-key mode cost a fetch round for each.
+func (r *runner) finishedLocked(rp *runPart, n int) bool {
+	before := rp.inflight
+	rp.inflight -= n
+	k := r.o.keyConcurrency
+	if k == 0 || rp.inflight == 0 {
+		return true
+	}
+	roomBefore, room := k-before, k-rp.inflight
+	return roomBefore <= 0 && room > 0 || roomBefore < k/2 && room >= k/2
+}
+
+func (r *runner) wakeDispatcher() {
 	select {
 	case r.idle <- struct{}{}:
 	default:
@@ -574,7 +646,8 @@ func (r *runner) call(ctx context.Context, h Handler, m *contracts.CMessage, att
 	return h(ctx, m)
 }
 
-// ack hands handled messages to the acker.
+// ack hands handled messages to the dispatcher, and wakes it: its next
+// fetch carries their acknowledgement, or it hands them to the acker.
 func (r *runner) ack(msgs []*contracts.CMessage) {
 	if len(msgs) == 0 {
 		return
@@ -582,15 +655,35 @@ func (r *runner) ack(msgs []*contracts.CMessage) {
 	r.ackMu.Lock()
 	r.ackBuf = append(r.ackBuf, msgs...)
 	r.ackMu.Unlock()
+	r.wakeDispatcher()
+}
+
+// handedAcks returns the messages handed over by ack since the last call.
+func (r *runner) handedAcks() []*contracts.CMessage {
+	r.ackMu.Lock()
+	defer r.ackMu.Unlock()
+	msgs := r.ackBuf
+	r.ackBuf = nil
+	return msgs
+}
+
+// sendAcks has the acker acknowledge msgs.
+func (r *runner) sendAcks(msgs []*contracts.CMessage) {
+	if len(msgs) == 0 {
+		return
+	}
+	r.ackMu.Lock()
+	r.ackSend = append(r.ackSend, msgs...)
+	r.ackMu.Unlock()
 	select {
 	case r.ackKick <- struct{}{}:
 	default:
 	}
 }
 
-// acker acknowledges what the workers handled, all partitions in one call;
-// a failure leaves the messages to redelivery. It sends what is left when
-// stopped.
+// acker acknowledges what the dispatcher hands it, all partitions in one
+// call; a failure leaves the messages to redelivery. It sends what is left
+// when stopped.
 func (r *runner) acker() {
 	for {
 		stopping := false
@@ -600,8 +693,12 @@ func (r *runner) acker() {
 			stopping = true
 		}
 		r.ackMu.Lock()
-		msgs := r.ackBuf
-		r.ackBuf = nil
+		msgs := r.ackSend
+		r.ackSend = nil
+		if stopping { // the workers are done: what they handed over last
+			msgs = append(msgs, r.ackBuf...)
+			r.ackBuf = nil
+		}
 		r.ackMu.Unlock()
 		if len(msgs) > 0 {
 			err := r.c.Ack(context.WithoutCancel(r.stop), msgs...)
@@ -671,8 +768,8 @@ func (c *Consumer) touchInflight(ctx context.Context, olderThan time.Duration) {
 			continue
 		}
 		var ids []string
-		for id, at := range op.inflight {
-			if now.Sub(at) >= olderThan {
+		for id, d := range op.inflight {
+			if now.Sub(d.at) >= olderThan {
 				ids = append(ids, id)
 			}
 		}
@@ -702,7 +799,7 @@ func (c *Consumer) touchInflight(ctx context.Context, olderThan time.Duration) {
 		default:
 			for _, id := range reqs[i].IDs {
 				if _, ok := op.inflight[id]; ok {
-					op.inflight[id] = now
+					op.deliverLocked(id, now, now) // reset in Redis after now
 				}
 			}
 		}

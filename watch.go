@@ -3,10 +3,13 @@ package segmenter
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/segmenter/segmenter/rebalance"
 )
 
 // entryWatcher tells the consumers of a Segmenter when entries arrive in the
@@ -21,6 +24,12 @@ import (
 // on a Redis Cluster, one per quiet partition key, on the primary serving
 // its slot (see watchers). The goroutine runs while there are subscribers,
 // and Close waits for it.
+//
+// On a single node a subscriber may give it a fenced read of its quiet
+// partitions (see Consumer.wait): the watcher sends it right behind the
+// XREAD, in one pipeline on its connection, and Redis runs it as soon as
+// the XREAD returns. The reply of a pipeline must come within the client's
+// ReadTimeout, so such an XREAD blocks for less (block).
 type entryWatcher struct {
 	seg *Segmenter
 	// node returns the client of the Redis node to block on: the
@@ -31,13 +40,18 @@ type entryWatcher struct {
 	// moved) before the watcher connects again.
 	failed func(err error)
 
-	mu       sync.Mutex
-	subs     map[*Consumer]map[string]string // consumer -> stream key -> from ID
-	armed    map[string]string               // the XREAD in flight: key -> from ID
-	seq      uint64                          // counts the XREADs sent
-	id       int64                           // the connection's client ID (0: unknown)
-	client   *redis.Client                   // the node client the connection came from
-	noUnblk  bool                            // CLIENT UNBLOCK was refused
+	mu    sync.Mutex
+	subs  map[*Consumer]map[string]string // consumer -> stream key -> from ID
+	reads map[*Consumer]*watchRead        // reads to send with the next XREAD
+	// awaited: consumers whose reads just ran; the next XREAD waits a
+	// little for their next reads (readGrace) rather than go without them
+	// and be unblocked at once to take them.
+	awaited  map[*Consumer]bool
+	armed    map[string]string // the XREAD in flight: key -> from ID
+	seq      uint64            // counts the XREADs sent
+	id       int64             // the connection's client ID (0: unknown)
+	client   *redis.Client     // the node client the connection came from
+	noUnblk  bool              // CLIENT UNBLOCK was refused
 	running  bool
 	retrying bool   // an unblocker goroutine runs
 	rearmSeq uint64 // the XREAD it is to unblock
@@ -53,32 +67,83 @@ const (
 	shortBlock = 20 * time.Millisecond
 )
 
+// readGrace bounds how long the watcher waits, after reads ran, for their
+// consumers' next reads (see entryWatcher.awaited): a consumer that got
+// messages hands them out, then waits again, within well under it.
+const readGrace = 2 * time.Millisecond
+
 func newEntryWatcher(s *Segmenter, node func(ctx context.Context) (*redis.Client, error)) *entryWatcher {
 	return &entryWatcher{
-		seg:  s,
-		node: node,
-		subs: make(map[*Consumer]map[string]string),
-		wake: make(chan struct{}, 1),
+		seg:     s,
+		node:    node,
+		subs:    make(map[*Consumer]map[string]string),
+		reads:   make(map[*Consumer]*watchRead),
+		awaited: make(map[*Consumer]bool),
+		wake:    make(chan struct{}, 1),
 	}
 }
 
+// pipelines reports whether the watcher may send its subscribers' reads:
+// not where it cannot be re-armed (CLIENT UNBLOCK refused), as its XREAD
+// then returns every shortBlock.
+func (w *entryWatcher) pipelines() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return !w.noUnblk
+}
+
+// block is the longest an XREAD that carries reads blocks: less than the
+// client's ReadTimeout, which bounds the reply of a pipeline.
+func (w *entryWatcher) block() time.Duration {
+	c, ok := w.seg.rdb.(*redis.Client)
+	if !ok {
+		return watchBlock
+	}
+	rt := c.Options().ReadTimeout
+	if rt <= 0 { // no read deadline
+		return watchBlock
+	}
+	return min(watchBlock, rt*3/4)
+}
+
 // watch makes sub (stream key -> the newest entry ID c has seen in it) c's
-// quiet set: c hears of an entry newer than sub[k] in any k of it. It
-// returns at once, after re-arming the XREAD in flight when it does not
-// cover the set.
-func (w *entryWatcher) watch(c *Consumer, sub map[string]string) {
+// quiet set: c hears of an entry newer than sub[k] in any k of it. read,
+// when not nil, is sent with the next XREAD. It returns at once, after
+// re-arming the XREAD in flight when it does not cover the set (or carry
+// the read).
+func (w *entryWatcher) watch(c *Consumer, sub map[string]string, read *watchRead) {
 	w.mu.Lock()
 	if w.closed || c.shutdownStarted.Load() {
 		// (Shutdown's unwatch may have run already: no stale subscription.)
+		if read != nil {
+			w.withdrawLocked(read)
+		}
 		w.mu.Unlock()
 		return
 	}
 	if len(sub) == 0 {
 		delete(w.subs, c)
+		delete(w.awaited, c)
+		if read != nil {
+			w.withdrawLocked(read)
+		}
 		w.mu.Unlock()
 		return
 	}
 	w.subs[c] = sub
+	if w.awaited[c] {
+		delete(w.awaited, c)
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
+	}
+	if read != nil {
+		if old := w.reads[c]; old != nil {
+			w.withdrawLocked(old)
+		}
+		w.reads[c] = read
+	}
 	if !w.running {
 		w.running = true
 		w.wg.Add(1)
@@ -94,7 +159,7 @@ func (w *entryWatcher) watch(c *Consumer, sub map[string]string) {
 		}
 		return
 	}
-	covered := true
+	covered := read == nil
 	for k, id := range sub {
 		if a, ok := w.armed[k]; !ok || newerID(a, id) {
 			covered = false
@@ -195,11 +260,61 @@ func (w *entryWatcher) unblock(ctx context.Context, seq uint64, id int64) bool {
 	return n == 1
 }
 
+// The states of a watchRead (under the watcher's lock).
+const (
+	readQueued    = iota // to go with the next XREAD
+	readSent             // its pipeline is on its way: seq is its XREAD
+	readRan              // its pipeline ran: done is (about to be) closed
+	readWithdrawn        // never sent
+)
+
+// withdrawLocked gives read back unsent: its consumer, waiting on done,
+// finds it withdrawn and fetches its partitions itself.
+func (w *entryWatcher) withdrawLocked(read *watchRead) {
+	if read.state != readQueued {
+		return
+	}
+	if w.reads[read.c] == read {
+		delete(w.reads, read.c)
+	}
+	read.state = readWithdrawn
+	close(read.done)
+}
+
+// collect takes read back: a read not sent yet is withdrawn (false); one
+// sent is waited for, its XREAD unblocked if it still blocks (true: its
+// pipeline ran, read.q holds its replies).
+func (w *entryWatcher) collect(read *watchRead) bool {
+	w.mu.Lock()
+	switch read.state {
+	case readQueued:
+		w.withdrawLocked(read)
+		fallthrough
+	case readWithdrawn:
+		w.mu.Unlock()
+		return false
+	case readSent:
+		seq, id, unblock := read.seq, w.id, !w.noUnblk && w.id != 0
+		w.mu.Unlock()
+		if unblock {
+			w.rearm(seq, id)
+		}
+	default:
+		w.mu.Unlock()
+	}
+	<-read.done
+	return true
+}
+
 // unwatch drops c's subscription; the last one lets the goroutine end (and
 // give its connection back) at once.
 func (w *entryWatcher) unwatch(c *Consumer) {
 	w.mu.Lock()
 	delete(w.subs, c)
+	delete(w.awaited, c)
+	if rd := w.reads[c]; rd != nil {
+		w.withdrawLocked(rd)
+	}
 	last, seq, id := len(w.subs) == 0 && w.armed != nil, w.seq, w.id
 	unblock := !w.noUnblk && id != 0
 	w.mu.Unlock()
@@ -218,34 +333,77 @@ func (w *entryWatcher) run() {
 			_ = conn.Close()
 		}
 	}()
+	var grace *time.Timer
+	defer func() {
+		if grace != nil {
+			grace.Stop()
+		}
+	}()
 	for {
 		w.mu.Lock()
+		if len(w.awaited) > 0 && !w.closed {
+			// Reads just ran: give their consumers a moment to send the
+			// next ones with this XREAD.
+			w.mu.Unlock()
+			if grace == nil {
+				grace = time.NewTimer(readGrace)
+			} else {
+				grace.Reset(readGrace)
+			}
+			for waiting := true; waiting; {
+				select {
+				case <-grace.C:
+					waiting = false
+				case <-w.wake:
+					w.mu.Lock()
+					waiting = len(w.awaited) > 0 && !w.closed
+					w.mu.Unlock()
+				}
+			}
+			w.mu.Lock()
+			clear(w.awaited)
+		}
 		if w.closed || len(w.subs) == 0 {
 			w.running, w.armed = false, nil
+			for _, rd := range w.reads {
+				w.withdrawLocked(rd)
+			}
 			w.mu.Unlock()
 			return
 		}
-		w.mu.Unlock()
 		var err error
 		if conn == nil {
+			w.mu.Unlock()
 			conn, err = w.connect(ctx)
+			w.mu.Lock()
 		}
 		var res []redis.XStream
-		if err == nil {
-			w.mu.Lock()
-			if w.closed {
-				w.mu.Unlock()
-				continue
-			}
-			streams, block := w.armLocked()
+		var sending []*watchRead
+		switch {
+		case err != nil:
+			// No connection: every subscriber is told below, as after a
+			// failed XREAD.
 			w.mu.Unlock()
-			res, err = conn.XRead(ctx, &redis.XReadArgs{Streams: streams, Count: 1, Block: block}).Result()
+		case w.closed:
+			w.mu.Unlock()
+			continue
+		default:
+			var args *redis.XReadArgs
+			args, sending = w.armLocked()
+			w.mu.Unlock()
+			res, err = w.xread(ctx, conn, args, sending)
 		}
 
 		notify := make(map[*Consumer][]string)
 		w.mu.Lock()
 		w.armed = nil
 		failed := err != nil && !errors.Is(err, redis.Nil)
+		for _, rd := range sending {
+			rd.state = readRan
+			if _, ok := w.subs[rd.c]; ok && !failed {
+				w.awaited[rd.c] = true
+			}
+		}
 		for c, sub := range w.subs {
 			if failed {
 				// Every subscriber fetches: its fetch reports the error.
@@ -257,7 +415,9 @@ func (w *entryWatcher) run() {
 			}
 			for _, x := range res {
 				if from, ok := sub[x.Stream]; ok && len(x.Messages) > 0 && newerID(x.Messages[0].ID, from) {
-					notify[c] = append(notify[c], x.Stream)
+					if !readsKey(sending, c, x.Stream) { // else its read has it
+						notify[c] = append(notify[c], x.Stream)
+					}
 					// Watched on from the entry seen: the consumer reads it
 					// and, drained again, waits from it or a newer one,
 					// which this XREAD covers (no re-arm); an entry after it
@@ -271,6 +431,9 @@ func (w *entryWatcher) run() {
 		}
 		closed := w.closed
 		w.mu.Unlock()
+		for _, rd := range sending {
+			close(rd.done)
+		}
 		for c, keys := range notify {
 			c.entriesArrived(keys)
 		}
@@ -303,10 +466,10 @@ func (w *entryWatcher) connect(ctx context.Context) (*redis.Conn, error) {
 	return conn, nil
 }
 
-// armLocked returns the XREAD arguments covering every subscription (from
-// the oldest position any subscriber waits from) and its block time, and
-// records them as the XREAD in flight.
-func (w *entryWatcher) armLocked() ([]string, time.Duration) {
+// armLocked returns the XREAD covering every subscription (from the oldest
+// position any subscriber waits from) and the reads to send behind it, and
+// records them as in flight.
+func (w *entryWatcher) armLocked() (*redis.XReadArgs, []*watchRead) {
 	armed := make(map[string]string)
 	for _, sub := range w.subs {
 		for k, id := range sub {
@@ -331,7 +494,40 @@ func (w *entryWatcher) armLocked() ([]string, time.Duration) {
 	if w.noUnblk || w.id == 0 {
 		block = shortBlock
 	}
-	return streams, block
+	var sending []*watchRead
+	for c, rd := range w.reads {
+		if _, ok := w.subs[c]; !ok {
+			w.withdrawLocked(rd) // its consumer fetches them itself
+			continue
+		}
+		delete(w.reads, c)
+		sending = append(sending, rd)
+		rd.state, rd.seq = readSent, w.seq
+	}
+	return &redis.XReadArgs{Streams: streams, Count: 1, Block: block}, sending
+}
+
+// xread runs the XREAD on conn, with the reads of sending right behind it
+// in one pipeline: Redis runs them the moment the XREAD returns, in the
+// same round trip.
+func (w *entryWatcher) xread(ctx context.Context, conn *redis.Conn, args *redis.XReadArgs, sending []*watchRead) ([]redis.XStream, error) {
+	if len(sending) == 0 {
+		return conn.XRead(ctx, args).Result()
+	}
+	args.Block = min(args.Block, w.block())
+	pipe := conn.Pipeline()
+	xread := pipe.XRead(ctx, args)
+	for _, rd := range sending {
+		rd.q = rebalance.QueueFetch(ctx, pipe, rd.c.id, rd.c.group, rd.c.maxProc, rd.plan.reqs)
+	}
+	sent := time.Now()
+	_, _ = pipe.Exec(ctx)
+	replied := time.Now()
+	res, err := xread.Result()
+	for _, rd := range sending {
+		rd.sent, rd.plan.replied = sent, replied
+	}
+	return res, err
 }
 
 // fail reports a failed connection or XREAD and waits a BlockInterval
@@ -349,6 +545,16 @@ func (w *entryWatcher) unblockClient() *redis.Client {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.client
+}
+
+// readsKey reports whether one of reads is c's and reads stream key.
+func readsKey(reads []*watchRead, c *Consumer, key string) bool {
+	for _, rd := range reads {
+		if rd.c == c && slices.ContainsFunc(rd.plan.reqs, func(r rebalance.FetchRequest) bool { return r.StreamKey == key }) {
+			return true
+		}
+	}
+	return false
 }
 
 // pause waits d, or less when the watcher closes.

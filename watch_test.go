@@ -18,8 +18,9 @@ import (
 	"github.com/segmenter/segmenter/internal/redistest"
 )
 
-// xreadLog is a go-redis hook that logs the streams of every XREAD and the
-// CLIENT UNBLOCK calls, in order.
+// xreadLog is a go-redis hook that logs the streams of every XREAD (alone
+// or in a pipeline: the watcher sends its consumers' reads behind it) and
+// the CLIENT UNBLOCK calls, in order.
 type xreadLog struct {
 	mu  sync.Mutex
 	log []string // "xread k1 k2 ..." or "unblock"
@@ -28,28 +29,37 @@ type xreadLog struct {
 func (h *xreadLog) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h *xreadLog) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		a := cmd.Args()
-		switch name := strings.ToLower(fmt.Sprint(a[0])); {
-		case name == "xread":
-			var keys []string
-			for i, x := range a {
-				if strings.EqualFold(fmt.Sprint(x), "streams") {
-					rest := a[i+1:]
-					for _, k := range rest[:len(rest)/2] {
-						keys = append(keys, fmt.Sprint(k))
-					}
-				}
-			}
-			slices.Sort(keys)
-			h.add("xread " + strings.Join(keys, " "))
-		case name == "client" && len(a) > 1 && strings.EqualFold(fmt.Sprint(a[1]), "unblock"):
-			h.add("unblock")
-		}
+		h.logCmd(cmd)
 		return next(ctx, cmd)
 	}
 }
 func (h *xreadLog) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			h.logCmd(cmd)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func (h *xreadLog) logCmd(cmd redis.Cmder) {
+	a := cmd.Args()
+	switch name := strings.ToLower(fmt.Sprint(a[0])); {
+	case name == "xread":
+		var keys []string
+		for i, x := range a {
+			if strings.EqualFold(fmt.Sprint(x), "streams") {
+				rest := a[i+1:]
+				for _, k := range rest[:len(rest)/2] {
+					keys = append(keys, fmt.Sprint(k))
+				}
+			}
+		}
+		slices.Sort(keys)
+		h.add("xread " + strings.Join(keys, " "))
+	case name == "client" && len(a) > 1 && strings.EqualFold(fmt.Sprint(a[1]), "unblock"):
+		h.add("unblock")
+	}
 }
 
 func (h *xreadLog) add(s string) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -64,27 +65,48 @@ func (ws *watchers) usable() bool {
 	return false
 }
 
+// pipelines reports whether the watcher may send a waiting consumer's
+// fenced read behind its XREAD (see Consumer.wait): on a single node, where
+// CLIENT UNBLOCK works.
+func (ws *watchers) pipelines() bool {
+	if _, ok := ws.seg.rdb.(*redis.Client); !ok {
+		return false
+	}
+	return ws.singleWatcher().pipelines()
+}
+
+// block is the longest the XREAD that carries a read blocks.
+func (ws *watchers) block() time.Duration { return ws.singleWatcher().block() }
+
+// collect takes back a read given to watch (see entryWatcher.collect).
+func (ws *watchers) collect(read *watchRead) bool { return ws.singleWatcher().collect(read) }
+
+// singleWatcher returns the watcher of a single node, made on first use.
+func (ws *watchers) singleWatcher() *entryWatcher {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.single == nil {
+		rdb, _ := ws.seg.rdb.(*redis.Client)
+		ws.single = newEntryWatcher(ws.seg, func(context.Context) (*redis.Client, error) { return rdb, nil })
+		if ws.closed {
+			ws.single.closed = true
+		}
+	}
+	return ws.single
+}
+
 // watch makes from (partition -> the newest entry ID c has seen in it) c's
-// quiet set: c hears of an entry newer than from[p] in any p of it. It
-// returns at once.
-func (ws *watchers) watch(c *Consumer, from map[int]string) {
+// quiet set: c hears of an entry newer than from[p] in any p of it. read,
+// when not nil (a single node, where pipelines), is sent right behind the
+// XREAD. It returns at once.
+func (ws *watchers) watch(c *Consumer, from map[int]string, read *watchRead) {
 	switch rdb := ws.seg.rdb.(type) {
 	case *redis.Client:
 		sub := make(map[string]string, len(from))
 		for p, id := range from {
 			sub[c.stream.keys[p]] = id
 		}
-		ws.mu.Lock()
-		if ws.closed {
-			ws.mu.Unlock()
-			return
-		}
-		if ws.single == nil {
-			ws.single = newEntryWatcher(ws.seg, func(context.Context) (*redis.Client, error) { return rdb, nil })
-		}
-		w := ws.single
-		ws.mu.Unlock()
-		w.watch(c, sub)
+		ws.singleWatcher().watch(c, sub, read)
 	case *redis.ClusterClient:
 		type change struct {
 			w   *entryWatcher
@@ -121,7 +143,7 @@ func (ws *watchers) watch(c *Consumer, from map[int]string) {
 		}
 		ws.mu.Unlock()
 		for _, ch := range changes {
-			ch.w.watch(c, ch.sub)
+			ch.w.watch(c, ch.sub, nil)
 		}
 	}
 }

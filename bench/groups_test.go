@@ -110,7 +110,7 @@ func figLatency(t *testing.T, e *env) {
 			row := row{fig: tc.fig + " " + q.name, name: fmt.Sprintf("latency Send → handler, %d msg/s, %s", tc.rate, q.name),
 				sdk: dur(sv), raw: dur(rv), ratio: ratio(float64(sv) / float64(rv))}
 			if tc.withTarget && q.name == "p99" {
-				row.target, row.met = "≤ 3× raw", met(float64(sv) <= 3*float64(rv))
+				row.target, row.met = "≤ 2× raw", met(float64(sv) <= 2*float64(rv))
 			}
 			e.tbl.add(row)
 		}

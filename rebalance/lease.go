@@ -134,6 +134,13 @@ type FetchRequest struct {
 	// NeedTop asks for the partition's last entry ID when nothing is read
 	// (FetchResult.TopID): the caller knows no position to wait from.
 	NeedTop bool
+	// SkipDue: the caller knows, by its own clock, that no pending message
+	// of the partition can be due for redelivery before the reply comes
+	// back, and checks that it did come back in time. A native read then
+	// does not look for due messages in Redis (an XPENDING IDLE, which
+	// walks the whole pending list when none is due); the scripts always
+	// look.
+	SkipDue bool
 }
 
 // Entry is a stream entry: its ID and its fields as name, value pairs.
@@ -168,6 +175,9 @@ type FetchResult struct {
 	// read): the caller's position to wait from may be behind the
 	// partition's last entry.
 	TopUnknown bool
+	// DueSkipped: the read did not look for messages due for redelivery
+	// (the request's SkipDue).
+	DueSkipped bool
 	// Reclaimed: the entries came from a claim of the whole pending list
 	// (after a takeover, a Nack, or a read whose reply was lost, which the
 	// fetch detects by its FetchID): they include messages the caller
@@ -190,19 +200,24 @@ func Fetch(ctx context.Context, rdb redis.Cmdable, owner, group string, redelive
 		case err == nil:
 			return res
 		case !errors.Is(err, errAborted):
-			// The read may have run, its entries pending unseen: claim
-			// every partition's pending list before reading anything new.
-			again := make([]FetchRequest, len(reqs))
-			for i, r := range reqs {
-				r.Cursor, r.CursorIdle = "0-0", 0
-				again[i] = r
-			}
-			reqs = again
+			return fetchAfterUnknown(ctx, rdb, owner, group, redeliverAfter, reqs)
 		}
 		// Otherwise it did not run (a lease moved, a redelivery is due):
 		// the scripts handle every case.
 	}
 	return fetchScripts(ctx, rdb, owner, group, redeliverAfter, reqs)
+}
+
+// fetchAfterUnknown runs reqs through the scripts after a native read
+// that may have run, its entries pending unseen: it claims every
+// partition's pending list before reading anything new.
+func fetchAfterUnknown(ctx context.Context, rdb redis.Cmdable, owner, group string, redeliverAfter time.Duration, reqs []FetchRequest) []FetchResult {
+	again := make([]FetchRequest, len(reqs))
+	for i, r := range reqs {
+		r.Cursor, r.CursorIdle = "0-0", 0
+		again[i] = r
+	}
+	return fetchScripts(ctx, rdb, owner, group, redeliverAfter, again)
 }
 
 // nativeFetchable reports whether every request is a plain read: no claim

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -89,6 +90,10 @@ func native(ctx context.Context, rdb redis.Cmdable) bool {
 	return false
 }
 
+// Native reports whether rdb runs the native path (asking Redis the first
+// time, as Fetch and Ack do).
+func Native(ctx context.Context, rdb redis.Cmdable) bool { return native(ctx, rdb) }
+
 // nativeClients remembers, per *redis.Client, whether it runs the native
 // path.
 var nativeClients sync.Map
@@ -117,95 +122,176 @@ var errUnknown = errors.New("native: outcome unknown")
 // another error) when it may have: the caller then uses the scripts, and
 // after errUnknown or another error claims the pending lists first.
 //
-// Every lease gets the retry marker (the fetch id), as with fetch.lua: a
-// retried call that finds it knows its first run read every partition, and
-// one whose fallback runs the scripts (a lease moved meanwhile) has each
-// partition's marker checked by fetch.lua.
+// The first lease gets the retry marker (the fetch id of the first
+// request): a retried call that finds it knows its first run read every
+// partition. A retry that finds the first lease gone cannot tell, and
+// reports errUnknown: the caller then claims every partition's pending
+// list, so a batch read by a run whose reply was lost is delivered first
+// on every partition still held.
 func fetchNative(ctx context.Context, rdb redis.Cmdable, owner, group string, redeliverAfter time.Duration, reqs []FetchRequest) ([]FetchResult, error) {
+	res, _, err := fetchAckNative(ctx, rdb, owner, group, redeliverAfter, reqs, nil, "")
+	return res, err
+}
+
+// fetchAckNative is fetchNative with acks: the XACKs of acks run in the
+// read's transaction, before the read, behind the same guard (which checks
+// their leases too). It returns errAborted when neither ran, and
+// errUnknown (or another error) when both may have.
+func fetchAckNative(ctx context.Context, rdb redis.Cmdable, owner, group string, redeliverAfter time.Duration, reqs []FetchRequest, acks []AckRequest, ackID string) ([]FetchResult, []AckResult, error) {
+	pipe := rdb.Pipeline()
+	t := queueNative(ctx, pipe, owner, group, redeliverAfter, reqs, acks, ackID)
+	_, _ = pipe.Exec(ctx)
+	return t.parse(ctx, rdb)
+}
+
+// nativeTx is a native read (and acks) queued into a pipeline.
+type nativeTx struct {
+	owner, group   string
+	redeliverAfter time.Duration
+	idle           string // redelivery idle ms, "" for none
+	reqs           []FetchRequest
+	acks           []AckRequest
+	ackID          string // the id of the acks (see Ack)
+	reads          int
+	guard, exec    *redis.Cmd
+}
+
+// queueNative queues the native read of reqs, with the acks of acks before
+// it, into pipe: WATCH, the guard, MULTI ... EXEC.
+func queueNative(ctx context.Context, pipe redis.Pipeliner, owner, group string, redeliverAfter time.Duration, reqs []FetchRequest, acks []AckRequest, ackID string) *nativeTx {
 	n := len(reqs)
-	keys := make([]any, 0, 1+n)
-	keys = append(keys, "WATCH")
-	gkeys := make([]string, 0, 2*n)
+	t := &nativeTx{owner: owner, group: group, redeliverAfter: redeliverAfter, reqs: reqs, acks: acks, ackID: ackID}
+	if redeliverAfter != NeverDue {
+		t.idle = strconv.FormatInt(redeliverAfter.Milliseconds(), 10)
+	}
+	id := reqs[0].FetchID
+	// One XREADGROUP per distinct count (a batch is shared out evenly, so
+	// one or two), over every stream of that count.
+	c1, c2 := reqs[0].Count, -1
 	for _, r := range reqs {
-		keys = append(keys, r.LeaseKey)
+		if r.Count != c1 {
+			c2 = r.Count
+			break
+		}
+	}
+	// The leases of the acks that the read's leases do not cover (under
+	// the same epoch) are checked too.
+	var ackOnly []int
+	for j, a := range acks {
+		if !slices.ContainsFunc(reqs, func(r FetchRequest) bool { return r.LeaseKey == a.LeaseKey && r.Epoch == a.Epoch }) {
+			ackOnly = append(ackOnly, j)
+		}
+	}
+	watch := make([]any, 0, 1+n+len(ackOnly))
+	gkeys := make([]string, 0, 2*n+len(ackOnly))
+	gargs := make([]any, 0, 5+n+len(ackOnly))
+	watch = append(watch, "WATCH")
+	for _, r := range reqs {
+		watch = append(watch, r.LeaseKey)
 		gkeys = append(gkeys, r.LeaseKey)
 	}
 	for _, r := range reqs {
 		gkeys = append(gkeys, r.StreamKey)
 	}
-	idle := ""
-	if redeliverAfter != NeverDue {
-		idle = strconv.FormatInt(redeliverAfter.Milliseconds(), 10)
+	for _, j := range ackOnly {
+		watch = append(watch, acks[j].LeaseKey)
+		gkeys = append(gkeys, acks[j].LeaseKey)
 	}
-	id := reqs[0].FetchID
-	gargs := make([]any, 0, 4+n)
-	gargs = append(gargs, owner, group, idle, id)
+	// Which partitions the guard looks for due messages in.
+	due := make([]byte, n)
+	for i, r := range reqs {
+		due[i] = '1'
+		if r.SkipDue {
+			due[i] = '0'
+		}
+	}
+	gargs = append(gargs, owner, group, t.idle, id, due)
 	for _, r := range reqs {
 		gargs = append(gargs, strconv.FormatInt(r.Epoch, 10))
 	}
-	// One XREADGROUP per distinct count (a batch is shared out evenly, so
-	// one or two), over every stream of that count.
-	var counts []int
-	byCount := make(map[int][]int)
-	for i, r := range reqs {
-		if _, ok := byCount[r.Count]; !ok {
-			counts = append(counts, r.Count)
-		}
-		byCount[r.Count] = append(byCount[r.Count], i)
+	for _, j := range ackOnly {
+		gargs = append(gargs, strconv.FormatInt(acks[j].Epoch, 10))
 	}
-
-	pipe := rdb.Pipeline()
-	pipe.Do(ctx, keys...)
-	guard := pipe.Eval(ctx, guardFetch, gkeys, gargs...)
-	pipe.Do(ctx, "MULTI")
-	for _, r := range reqs {
-		pipe.Do(ctx, "HSET", r.LeaseKey, "r", id)
-	}
-	for _, c := range counts {
-		idx := byCount[c]
-		a := make([]any, 0, 7+2*len(idx))
-		a = append(a, "XREADGROUP", "GROUP", group, owner, "COUNT", c, "STREAMS")
-		for _, i := range idx {
-			a = append(a, reqs[i].StreamKey)
+	readArgs := func(count int) []any {
+		a := make([]any, 0, 7+2*n)
+		a = append(a, "XREADGROUP", "GROUP", group, owner, "COUNT", count, "STREAMS")
+		k := 0
+		for _, r := range reqs {
+			if r.Count == count {
+				a = append(a, r.StreamKey)
+				k++
+			}
 		}
-		for range idx {
+		for range k {
 			a = append(a, ">")
 		}
-		pipe.Do(ctx, a...)
+		return a
 	}
-	exec := pipe.Do(ctx, "EXEC")
-	_, _ = pipe.Exec(ctx)
 
-	v, err := exec.Slice()
+	pipe.Do(ctx, watch...)
+	t.guard = pipe.Eval(ctx, guardFetch, gkeys, gargs...)
+	pipe.Do(ctx, "MULTI")
+	for _, a := range acks {
+		pipe.Do(ctx, ackMarkArgs(a, ackID)...)
+		pipe.Do(ctx, xackArgs(group, a)...)
+	}
+	pipe.Do(ctx, "HSET", reqs[0].LeaseKey, "r", id)
+	pipe.Do(ctx, readArgs(c1)...)
+	t.reads = 1
+	if c2 >= 0 {
+		pipe.Do(ctx, readArgs(c2)...)
+		t.reads++
+	}
+	t.exec = pipe.Do(ctx, "EXEC")
+	return t
+}
+
+// parse reads the replies of t, once its pipeline ran. rdb is the client
+// of the pipeline (for what the read leaves to do: acks of entries meant
+// for another group, and turning the native path off).
+func (t *nativeTx) parse(ctx context.Context, rdb redis.Cmdable) ([]FetchResult, []AckResult, error) {
+	reqs, acks, group := t.reqs, t.acks, t.group
+	n := len(reqs)
+	v, err := t.exec.Slice()
+	g, gerr := t.guard.Slice()
 	if err != nil {
 		if !errors.Is(err, redis.Nil) {
-			return nil, fmt.Errorf("%w: %v", errUnknown, err)
+			return nil, nil, fmt.Errorf("%w: %v", errUnknown, err)
 		}
-		if g, gerr := guard.Slice(); gerr == nil && len(g) == 3 && str(g[2]) == "retry" {
-			return nil, errUnknown
+		if gerr == nil && len(g) == 3 && (str(g[2]) == "retry" || str(g[2]) == "unknown") {
+			return nil, nil, errUnknown
 		}
-		return nil, errAborted
+		return nil, nil, errAborted
 	}
-	if g, gerr := guard.Slice(); gerr != nil || len(g) == 0 || num(g[0]) != 1 {
+	if gerr != nil || len(g) == 0 || num(g[0]) != 1 {
 		// The guard did not run (refused), yet the EXEC ran unchecked (a
 		// refusal by the guard writes a lease, which aborts it). Never
 		// again on this client; the read's outcome is unknown.
 		disableNative(rdb)
-		return nil, fmt.Errorf("%w: guard %v %v, and the read ran", errUnknown, g, gerr)
+		return nil, nil, fmt.Errorf("%w: guard %v %v, and the read ran", errUnknown, g, gerr)
 	}
-	if len(v) != n+len(counts) {
-		return nil, fmt.Errorf("%w: EXEC returned %d replies for %d commands", errUnknown, len(v), n+len(counts))
+	m := len(acks)
+	if len(v) != 2*m+1+t.reads {
+		return nil, nil, fmt.Errorf("%w: EXEC returned %d replies for %d commands", errUnknown, len(v), 2*m+1+t.reads)
 	}
-	got := make(map[string][]Entry, n)
-	for _, x := range v[n:] {
-		if err := parseReadGroup(x, got); err != nil {
-			return nil, fmt.Errorf("%w: %v", errUnknown, err)
+	acked := make([]AckResult, m)
+	for j := range acks {
+		x := v[2*j+1] // after the ack's HSET of its id
+		if e, ok := x.(redis.Error); ok {
+			return nil, nil, fmt.Errorf("%w: XACK: %v", errUnknown, e)
 		}
+		acked[j].Acked = num(x)
 	}
 	out := make([]FetchResult, n)
+	var slab fieldSlab
+	for _, x := range v[2*m+1:] {
+		if err := parseReadGroup(x, reqs, out, &slab); err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", errUnknown, err)
+		}
+	}
 	var skipped []AckRequest
 	for i, r := range reqs {
-		entries := got[r.StreamKey]
+		entries := out[i].Entries
 		var other []string // entries re-driven for another group
 		kept := entries[:0]
 		for _, e := range entries {
@@ -218,6 +304,7 @@ func fetchNative(ctx context.Context, rdb redis.Cmdable, owner, group string, re
 			kept = append(kept, e)
 		}
 		out[i].Entries = kept
+		out[i].DueSkipped = r.SkipDue && t.idle != ""
 		// A read finds the partition's last entry only when it reads one.
 		out[i].TopUnknown = len(entries) == 0
 		if len(other) > 0 {
@@ -234,9 +321,86 @@ func fetchNative(ctx context.Context, rdb redis.Cmdable, owner, group string, re
 		// Acknowledged for this group, never delivered to it (fenced: a
 		// lease lost meanwhile leaves them to the next owner, who skips
 		// them too).
-		_ = ackScripts(ctx, rdb, owner, group, newAckID(owner), skipped)
+		_ = ackScripts(ctx, rdb, t.owner, group, newAckID(t.owner), skipped)
 	}
-	return out, nil
+	return out, acked, nil
+}
+
+// ackMarkArgs records the id of the ack of one request in its lease, as
+// ack.lua does (see Ack).
+func ackMarkArgs(r AckRequest, ackID string) []any {
+	return []any{"HSET", r.LeaseKey, "k" + strconv.FormatInt(r.Epoch, 10), ackID}
+}
+
+// xackArgs is the XACK of one request.
+func xackArgs(group string, r AckRequest) []any {
+	a := make([]any, 0, 3+len(r.IDs))
+	a = append(a, "XACK", r.StreamKey, group)
+	for _, id := range r.IDs {
+		a = append(a, id)
+	}
+	return a
+}
+
+// CanFetchAck reports whether FetchAck runs reqs and acks in one
+// transaction: a single Redis node, and reads with no claim to do.
+func CanFetchAck(ctx context.Context, rdb redis.Cmdable, reqs []FetchRequest) bool {
+	return len(reqs) > 0 && nativeFetchable(reqs) && native(ctx, rdb)
+}
+
+// FetchAck acknowledges acks, then runs the fenced read of reqs, as Ack and
+// Fetch do; when CanFetchAck, in one round trip and one transaction, the
+// acks before the read, behind one guard. A lease not the caller's (or a
+// message due for redelivery) sends both through Ack and Fetch.
+func FetchAck(ctx context.Context, rdb redis.Cmdable, owner, group string, redeliverAfter time.Duration, reqs []FetchRequest, acks []AckRequest) ([]FetchResult, []AckResult) {
+	if len(acks) == 0 || !CanFetchAck(ctx, rdb, reqs) {
+		var acked []AckResult
+		if len(acks) > 0 {
+			acked = Ack(ctx, rdb, owner, group, acks)
+		}
+		return Fetch(ctx, rdb, owner, group, redeliverAfter, reqs), acked
+	}
+	ackID := newAckID(owner)
+	res, acked, err := fetchAckNative(ctx, rdb, owner, group, redeliverAfter, reqs, acks, ackID)
+	if err == nil {
+		return res, acked
+	}
+	// Neither ran (errAborted), or both may have: XACK is idempotent (the
+	// same ack id tells a run after one that did the work), and Fetch
+	// claims the pending lists first after a read that may have run.
+	acked = ackWithID(ctx, rdb, owner, group, ackID, acks)
+	if errors.Is(err, errAborted) {
+		return fetchScripts(ctx, rdb, owner, group, redeliverAfter, reqs), acked
+	}
+	return fetchAfterUnknown(ctx, rdb, owner, group, redeliverAfter, reqs), acked
+}
+
+// QueuedFetch is a native fenced read queued into a pipeline that the
+// caller runs. Queued behind a blocking command (the entry watcher's XREAD
+// BLOCK), it runs in Redis as soon as that command returns, in the same
+// round trip: a consumer woken by new entries has them read already.
+type QueuedFetch struct{ t *nativeTx }
+
+// QueueFetch queues the native read of reqs into pipe, a pipeline of a
+// connection of a client for which CanFetchAck(ctx, client, reqs) holds.
+func QueueFetch(ctx context.Context, pipe redis.Pipeliner, owner, group string, redeliverAfter time.Duration, reqs []FetchRequest) *QueuedFetch {
+	return &QueuedFetch{t: queueNative(ctx, pipe, owner, group, redeliverAfter, reqs, nil, "")}
+}
+
+// Result returns, once the pipeline ran, the outcome of the read as Fetch
+// returns it: when the native read did not run (a lease moved, a message
+// came due) or may have run (its reply was lost), it runs the read through
+// the scripts on rdb, the client of the pipeline's connection.
+func (q *QueuedFetch) Result(ctx context.Context, rdb redis.Cmdable) []FetchResult {
+	t := q.t
+	res, _, err := t.parse(ctx, rdb)
+	switch {
+	case err == nil:
+		return res
+	case errors.Is(err, errAborted):
+		return fetchScripts(ctx, rdb, t.owner, t.group, t.redeliverAfter, t.reqs)
+	}
+	return fetchAfterUnknown(ctx, rdb, t.owner, t.group, t.redeliverAfter, t.reqs)
 }
 
 // forOther reports whether an entry is meant for another group only (a dead
@@ -256,25 +420,63 @@ func forOther(f []string, group string) ([]string, bool) {
 	return f, false
 }
 
-// parseReadGroup adds the entries of an XREADGROUP reply (RESP2 or RESP3,
-// nil when nothing was read) to got, by stream key.
-func parseReadGroup(v any, got map[string][]Entry) error {
+// fieldSlab hands out the field lists of one read's entries from a few
+// allocations instead of one per entry.
+type fieldSlab []string
+
+func (s *fieldSlab) take(n int, hint int) []string {
+	if len(*s) < n {
+		*s = make([]string, max(n, hint))
+	}
+	f := (*s)[:n:n]
+	*s = (*s)[n:]
+	return f
+}
+
+// sdkFields is the number of fields of an entry the SDK wrote without
+// metadata (v, k, d): the slab's size per entry.
+const sdkFields = 6
+
+// parseReadGroup sets, in out, the entries of an XREADGROUP reply (RESP2
+// or RESP3, nil when nothing was read) for the requests of reqs whose
+// streams it holds.
+func parseReadGroup(v any, reqs []FetchRequest, out []FetchResult, slab *fieldSlab) error {
+	next := 0 // RESP2 lists the streams in the order they were asked for
+	var index map[string]int
 	add := func(stream, entries any) error {
+		key := str(stream)
+		for next < len(reqs) && reqs[next].StreamKey != key {
+			next++
+		}
+		if next == len(reqs) {
+			if index == nil {
+				index = make(map[string]int, len(reqs))
+				for i, q := range reqs {
+					index[q.StreamKey] = i
+				}
+			}
+			i, ok := index[key]
+			if !ok {
+				return fmt.Errorf("XREADGROUP returned stream %q, not asked for", key)
+			}
+			next = i
+		}
 		raw, _ := entries.([]any)
-		out := make([]Entry, 0, len(raw))
+		es := make([]Entry, 0, len(raw))
 		for _, e := range raw {
 			pair, ok := e.([]any)
 			if !ok || len(pair) != 2 {
 				return fmt.Errorf("unexpected XREADGROUP entry %v", e)
 			}
 			fv, _ := pair[1].([]any)
-			fields := make([]string, len(fv))
+			fields := slab.take(len(fv), sdkFields*(len(raw)-len(es)))
 			for j, f := range fv {
 				fields[j] = str(f)
 			}
-			out = append(out, Entry{ID: str(pair[0]), Fields: fields})
+			es = append(es, Entry{ID: str(pair[0]), Fields: fields})
 		}
-		got[str(stream)] = out
+		out[next].Entries = es
+		next++
 		return nil
 	}
 	switch x := v.(type) {
@@ -282,7 +484,7 @@ func parseReadGroup(v any, got map[string][]Entry) error {
 		return nil
 	case redis.Error:
 		return x
-	case map[any]any: // RESP3: stream -> entries
+	case map[any]any: // RESP3: stream -> entries (in no order)
 		for k, e := range x {
 			if err := add(k, e); err != nil {
 				return err
@@ -325,15 +527,10 @@ func ackNative(ctx context.Context, rdb redis.Cmdable, owner, group, ackID strin
 	pipe.Do(ctx, "MULTI")
 	for _, r := range reqs {
 		// The ack's id, as ack.lua records it.
-		pipe.Do(ctx, "HSET", r.LeaseKey, "k"+strconv.FormatInt(r.Epoch, 10), ackID)
+		pipe.Do(ctx, ackMarkArgs(r, ackID)...)
 	}
 	for _, r := range reqs {
-		a := make([]any, 0, 3+len(r.IDs))
-		a = append(a, "XACK", r.StreamKey, group)
-		for _, id := range r.IDs {
-			a = append(a, id)
-		}
-		pipe.Do(ctx, a...)
+		pipe.Do(ctx, xackArgs(group, r)...)
 	}
 	exec := pipe.Do(ctx, "EXEC")
 	_, _ = pipe.Exec(ctx)
