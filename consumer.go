@@ -1540,6 +1540,19 @@ func (c *Consumer) mustCollect(read *watchRead) bool {
 	return false
 }
 
+// releaseRead takes back the read the entry watcher may still have out for
+// the consumer (see wait), and hands back whatever it read: they come again
+// first, to whoever reads the partition next. A Run that ends leaves
+// nothing read behind it.
+func (c *Consumer) releaseRead() {
+	c.mu.Lock()
+	read := c.wread
+	c.mu.Unlock()
+	if read != nil {
+		_ = c.collect(context.Background(), read, 0, nil)
+	}
+}
+
 // collect takes the read out back, asking the watcher to end its XREAD at
 // once if it is still blocked, and returns what it delivered, up to budget
 // messages, as a fetch round does (a short batch filled by a second round,

@@ -219,6 +219,7 @@ func (r *runner) run() error {
 	r.ackerWG.Go(r.acker)
 	defer r.finish()
 	c := r.c
+	defer c.releaseRead() // before finish: nothing read is left behind Run
 	lastTouch := time.Now()
 	touchEvery := c.maxProc / 3
 	for r.stop.Err() == nil {

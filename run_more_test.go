@@ -399,3 +399,48 @@ func testRunInFlightMessagesDoNotComeDue(t *testing.T, bk backend) {
 		})
 	}
 }
+
+// A Run that ended leaves nothing read behind it: messages sent after it
+// returned stay unread in Redis (not pending under the consumer, as they
+// would be if a read the entry watcher carries for the consumer behind its
+// blocking XREAD were left out), and the next Read gets them as first
+// deliveries.
+func TestRunThatEndedLeavesNothingRead(t *testing.T) {
+	onBackends(t, testRunThatEndedLeavesNothingRead)
+}
+
+func testRunThatEndedLeavesNothingRead(t *testing.T, bk backend) {
+	ctx := context.Background()
+	rdb := bk.client(t)
+	ns := redistest.Namespace(t)
+	seg := newSegmenter(t, ns, rdb)
+	st, err := seg.RegisterStream(ctx, "s", 2, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 10, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var handled atomic.Int64
+	stop := runUntil(t, c, func(context.Context, *contracts.CMessage) error { handled.Add(1); return nil })
+	send(t, st, nil, msg("a", "0"), msg("b", "0"))
+	redistest.Eventually(t, 10*time.Second, func() bool { return handled.Load() == 2 && c.Stats().Acked == 2 }, "not handled")
+	// Idle now: waiting in Redis for the next entries.
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	send(t, st, nil, msg("a", "1"), msg("b", "1"), msg("c", "1"))
+	if redistest.Within(500*time.Millisecond, func() bool { return pendingTotal(t, rdb, ns, "s", "g", 2) > 0 }) {
+		t.Fatalf("messages sent after Run returned were read: %d pending", pendingTotal(t, rdb, ns, "s", "g", 2))
+	}
+	msgs := drainNoAck(t, c, nil, 3)
+	for _, m := range msgs {
+		if m.DeliveryCount != 1 {
+			t.Errorf("%s: delivery %d, want a first delivery", m.Id, m.DeliveryCount)
+		}
+	}
+	if err := c.Ack(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+}
