@@ -697,6 +697,13 @@ func (c *Consumer) releasePartitions(ctx context.Context, parts []int, held []re
 			c.reportLocked(p, fmt.Errorf("release lease: %w", r.Err))
 			continue // retried on the next tick; else it expires
 		}
+		if r.Fenced {
+			// The lease was not ours any more: it expired and went to
+			// another consumer (a heartbeat held up past the session
+			// brought the news late). A loss, not a hand-over.
+			c.dropLocked(p, ErrFenced, true)
+			continue
+		}
 		op.cancel()
 		delete(c.parts, p)
 		c.events = append(c.events, PartitionEvent{Kind: PartitionRevoked, Partition: p, Epoch: op.epoch})

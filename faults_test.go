@@ -15,6 +15,7 @@ import (
 
 	"github.com/segmenter/segmenter"
 	"github.com/segmenter/segmenter/contracts"
+	"github.com/segmenter/segmenter/internal/keyspace"
 	"github.com/segmenter/segmenter/internal/redistest"
 )
 
@@ -433,5 +434,102 @@ func TestIdleReadAfterATakeoverDoesNotSpin(t *testing.T) {
 	}
 	if err := b.Ack(ctx, m...); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// heldTicks is a go-redis hook that holds a consumer's next heartbeat (a
+// pipeline naming the group's members key) for hold before it leaves, as
+// a network that stalls would: it runs in Redis only then.
+type heldTicks struct {
+	members string
+	hold    time.Duration
+	next    atomic.Bool
+	held    chan struct{}
+}
+
+func (h *heldTicks) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *heldTicks) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *heldTicks) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			for _, a := range c.Args() {
+				if a == h.members && h.next.CompareAndSwap(true, false) {
+					time.Sleep(h.hold) // the stall under test
+					close(h.held)
+				}
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// A consumer's heartbeat is held up past its session timeout: meanwhile
+// its partition goes to another consumer, which takes the lease. When the
+// heartbeat at last runs, it tells the consumer that the partition is no
+// longer its own; the consumer's release finds the lease held by the other
+// one. That partition was lost, not handed over: the listener hears
+// PartitionLost with ErrFenced, Stats counts it fenced, and the next Read
+// reports it.
+func TestReleaseOfALeaseTakenMeanwhileIsALoss(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	rdbA := redistest.Client(t)
+	h := &heldTicks{members: keyspace.New(ns).Members("s", "g"), hold: 4 * testSession, held: make(chan struct{})}
+	rdbA.AddHook(h)
+	segA := newSegmenter(t, ns, rdbA)
+	if _, err := segA.RegisterStream(ctx, "s", 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var events []segmenter.PartitionEvent
+	a, err := segA.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("A"),
+		segmenter.WithPartitionListener(func(e segmenter.PartitionEvent) {
+			mu.Lock()
+			events = append(events, e)
+			mu.Unlock()
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := a.Assignment()
+	if len(own) != 1 {
+		t.Fatalf("A holds %v, want the partition", own)
+	}
+	h.next.Store(true)
+	b, err := newSegmenter(t, ns, nil).RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("B"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool { return len(b.Assignment()) == 1 }, "B never took the partition over")
+	select {
+	case <-h.held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("A's heartbeat was never held: the test tested nothing")
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range events {
+			if e.Epoch == own[0].Epoch && e.Kind != segmenter.PartitionAssigned {
+				return true
+			}
+		}
+		return false
+	}, "A never learnt that it no longer holds the partition")
+	mu.Lock()
+	for _, e := range events {
+		if e.Epoch != own[0].Epoch || e.Kind == segmenter.PartitionAssigned {
+			continue
+		}
+		if e.Kind != segmenter.PartitionLost || !errors.Is(e.Err, segmenter.ErrFenced) {
+			t.Errorf("A's partition, taken by B while A's heartbeat was held up, was reported %v (err %v), want lost with ErrFenced", e.Kind, e.Err)
+		}
+	}
+	mu.Unlock()
+	if s := a.Stats(); s.Fenced != 1 {
+		t.Errorf("A's Stats().Fenced = %d, want 1", s.Fenced)
+	}
+	if _, err := a.Read(ctx, 0); !errors.Is(err, segmenter.ErrFenced) {
+		t.Errorf("A's next Read returned %v, want the partition lost with ErrFenced", err)
 	}
 }
