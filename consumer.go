@@ -381,16 +381,35 @@ func (s *Segmenter) createGroup(ctx context.Context, st *Stream, group string, s
 	}
 	add := pipe.SAdd(ctx, s.keys.Groups(st.name), group)
 	_, _ = pipe.Exec(ctx)
-	var recreated []int
+	var recreated, refused []int
 	for i, cmd := range cmds {
 		switch err := cmd.Err(); {
 		case err == nil && known:
 			recreated = append(recreated, i)
+		case err != nil && redis.HasErrorPrefix(err, "OOM"):
+			refused = append(refused, i)
 		case err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP"):
 			return fmt.Errorf("segmenter: create group %q on stream %q partition %d: %w", group, st.name, i, err)
 		}
 	}
-	if err := add.Err(); err != nil {
+	if len(refused) > 0 {
+		// Out of memory (maxmemory, noeviction), Redis refuses XGROUP
+		// CREATE even where the group exists: a consumer joins all the
+		// same where it does.
+		pipe := s.rdb.Pipeline()
+		infos := make([]*redis.XInfoGroupsCmd, len(refused))
+		for j, i := range refused {
+			infos[j] = pipe.XInfoGroups(ctx, st.keys[i])
+		}
+		_, _ = pipe.Exec(ctx)
+		for j, i := range refused {
+			gs, _ := infos[j].Result()
+			if !slices.ContainsFunc(gs, func(g redis.XInfoGroup) bool { return g.Name == group }) {
+				return fmt.Errorf("segmenter: create group %q on stream %q partition %d: %w", group, st.name, i, cmds[i].Err())
+			}
+		}
+	}
+	if err := add.Err(); err != nil && !(known && redis.HasErrorPrefix(err, "OOM")) {
 		return fmt.Errorf("segmenter: register group %q of stream %q: %w", group, st.name, err)
 	}
 	if len(recreated) > 0 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -532,4 +533,76 @@ func TestReleaseOfALeaseTakenMeanwhileIsALoss(t *testing.T) {
 	if _, err := a.Read(ctx, 0); !errors.Is(err, segmenter.ErrFenced) {
 		t.Errorf("A's next Read returned %v, want the partition lost with ErrFenced", err)
 	}
+}
+
+// outOfMemory makes the server of rdb refuse every write that may use
+// memory (maxmemory well below what it uses, policy noeviction).
+func outOfMemory(t *testing.T, rdb *redis.Client) {
+	t.Helper()
+	ctx := context.Background()
+	pipe := rdb.Pipeline()
+	for i := range 512 {
+		pipe.Set(ctx, "filler:"+strconv.Itoa(i), strings.Repeat("x", 4096), 0)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, v, _ := strings.Cut(rdb.Info(ctx, "memory").Val(), "used_memory:")
+	v, _, _ = strings.Cut(v, "\r\n")
+	used, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", strconv.FormatInt(used-1<<20, 10)).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// While Redis is out of memory a consumer still joins a group that exists
+// on every partition (Redis refuses XGROUP CREATE even where it would find
+// the group), and reads and acks; a group that does not exist yet cannot
+// be created, with Redis' error.
+func TestRegisterConsumerOutOfMemoryJoinsAnExistingGroup(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Standalone(t).Client(t)
+	seg := newSegmenter(t, redistest.Namespace(t), rdb)
+	st, err := seg.RegisterStream(ctx, "s", 2, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("A"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := send(t, st, nil, msg("k1", "1"), msg("k2", "2"))
+	outOfMemory(t, rdb)
+	if _, err := st.Send(ctx, msg("k3", "3")); !redis.HasErrorPrefix(err, "OOM") {
+		t.Fatalf("a send out of memory: %v, want OOM", err)
+	}
+	b, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("B"))
+	if err != nil {
+		t.Fatalf("joining an existing group out of memory: %v", err)
+	}
+	if _, err := seg.RegisterConsumer(ctx, "s", "other", 10, time.Minute); !redis.HasErrorPrefix(err, "OOM") || !strings.Contains(err.Error(), `group "other"`) {
+		t.Fatalf("a new group out of memory: %v, want Redis' OOM error naming the group", err)
+	}
+	got := map[string]bool{}
+	redistest.Eventually(t, 10*time.Second, func() bool {
+		for _, c := range []*segmenter.Consumer{a, b} {
+			msgs, err := c.Read(ctx, 10*time.Millisecond)
+			if err != nil && !errors.Is(err, segmenter.ErrFenced) {
+				t.Fatalf("read out of memory: %v", err)
+			}
+			if err := c.Ack(ctx, msgs...); err != nil {
+				t.Fatalf("ack out of memory: %v", err)
+			}
+			for _, m := range msgs {
+				got[m.Id] = true
+			}
+		}
+		return len(got) == len(sent)
+	}, "the consumers did not read and ack the messages out of memory")
 }

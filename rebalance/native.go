@@ -36,9 +36,13 @@ import (
 // or acks under it, exactly as with the scripts. The guard is sent with
 // EVAL, not EVALSHA: a guard that did not run (NOSCRIPT after SCRIPT FLUSH)
 // would let the EXEC through unchecked. Every other reason a guard cannot
-// run also rejects the transaction: out of memory, the queued HSET (denied
-// under OOM) aborts it; BUSY, LOADING and READONLY refuse MULTI or the
-// queued commands too. When the EXEC is aborted or anything is unusual
+// run also rejects the transaction: out of memory, Redis refuses every
+// command queued in a MULTI, and the EXEC runs nothing (EXECABORT); BUSY,
+// LOADING and READONLY refuse MULTI or the queued commands too. Out of
+// memory the guard's own write is not refused (it first makes one that
+// uses no memory, see keep_going in prelude.lua), so a guard that fails a
+// check still aborts an EXEC that memory freed meanwhile would let run.
+// When the EXEC is aborted or anything is unusual
 // (a claim in progress, a redelivery due, a lost reply), the caller runs the
 // scripts, which handle every case.
 var (
@@ -178,6 +182,11 @@ func fetchNative(ctx context.Context, rdb redis.Cmdable, owner, group string, re
 
 	v, err := exec.Slice()
 	if err != nil {
+		if redis.HasErrorPrefix(err, "EXECABORT") {
+			// A queued command was refused (out of memory, Redis refuses
+			// every command queued in a MULTI): the EXEC ran nothing.
+			return nil, errAborted
+		}
 		if !errors.Is(err, redis.Nil) {
 			return nil, fmt.Errorf("%w: %v", errUnknown, err)
 		}

@@ -18,6 +18,7 @@
 --   processing, 0 otherwise.
 -- An entry meant for another group only (a dead letter re-driven for it, see
 -- for_other) is acknowledged for this group and left out.
+keep_going(KEYS[1])
 local l = redis.call('HMGET', KEYS[1], 'o', 'e', 'r')
 if l[1] ~= ARGV[1] or l[2] ~= ARGV[2] then return {0} end
 local me, group, count = ARGV[1], ARGV[3], tonumber(ARGV[4])
