@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"strconv"
 	"strings"
@@ -605,4 +606,59 @@ func TestRegisterConsumerOutOfMemoryJoinsAnExistingGroup(t *testing.T) {
 		}
 		return len(got) == len(sent)
 	}, "the consumers did not read and ack the messages out of memory")
+}
+
+// A Redis whose maxmemory-policy lets it evict any key is reported at the
+// Segmenter's first registration, once: a warning in the log and
+// ErrEvictionPolicy to OnError. noeviction is not.
+func TestEvictingMaxmemoryPolicyIsReported(t *testing.T) {
+	for _, policy := range []string{"allkeys-lru", "noeviction"} {
+		t.Run(policy, func(t *testing.T) {
+			ctx := context.Background()
+			rdb := redistest.Standalone(t, redistest.WithArgs("--maxmemory", "64mb", "--maxmemory-policy", policy)).Client(t)
+			var mu sync.Mutex
+			var reported []error
+			logs := &logCapture{}
+			seg := newSegmenterConfig(t, segmenter.Config{Namespace: redistest.Namespace(t), Client: rdb,
+				Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+				OnError: func(err error) {
+					mu.Lock()
+					reported = append(reported, err)
+					mu.Unlock()
+				}})
+			if _, err := seg.RegisterStream(ctx, "s", 1, 0); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			var evict []error
+			for _, err := range reported {
+				if errors.Is(err, segmenter.ErrEvictionPolicy) {
+					evict = append(evict, err)
+				}
+			}
+			logs.mu.Lock()
+			logged := logs.buf.Len() > 0
+			logs.mu.Unlock()
+			var warned []map[string]any
+			if logged {
+				warned = logs.records(t, "evict")
+			}
+			if policy == "noeviction" {
+				if len(evict) > 0 || len(warned) > 0 {
+					t.Fatalf("noeviction was reported: %v %v", evict, warned)
+				}
+				return
+			}
+			if len(evict) != 1 || !strings.Contains(evict[0].Error(), "allkeys-lru") {
+				t.Fatalf("OnError got %v, want ErrEvictionPolicy naming allkeys-lru once", evict)
+			}
+			if len(warned) != 1 || warned[0]["level"] != "WARN" || warned[0]["maxmemory_policy"] != "allkeys-lru" {
+				t.Fatalf("logged %v, want one warning with the policy", warned)
+			}
+		})
+	}
 }
