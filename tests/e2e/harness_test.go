@@ -163,7 +163,17 @@ type producer struct {
 // keys ("k0".."k<keys-1>", each key's messages numbered in order), until
 // total were sent (0: until stopped).
 func (e *env) startProducer(st *segmenter.Stream, keys, total, batch int, interval time.Duration) *producer {
+	return e.startPaddedProducer(st, keys, total, batch, interval, 0)
+}
+
+// startPaddedProducer is startProducer with pad bytes more in each
+// message's data (after its number and a space).
+func (e *env) startPaddedProducer(st *segmenter.Stream, keys, total, batch int, interval time.Duration, pad int) *producer {
 	p := &producer{st: st, rec: invariant.NewRecorder(), stopC: make(chan struct{}), done: make(chan struct{})}
+	padding := ""
+	if pad > 0 {
+		padding = " " + strings.Repeat("x", pad)
+	}
 	go func() {
 		defer close(p.done)
 		tick := time.NewTicker(interval)
@@ -177,7 +187,7 @@ func (e *env) startProducer(st *segmenter.Stream, keys, total, batch int, interv
 			msgs := make([]*contracts.PMessage, n)
 			for j := range msgs {
 				k := i + j
-				msgs[j] = &contracts.PMessage{PartitionKey: "k" + strconv.Itoa(k%keys), Data: []byte(strconv.Itoa(k / keys))}
+				msgs[j] = &contracts.PMessage{PartitionKey: "k" + strconv.Itoa(k%keys), Data: []byte(strconv.Itoa(k/keys) + padding)}
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			ids, err := st.SendBatch(ctx, msgs)

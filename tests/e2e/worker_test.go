@@ -220,6 +220,16 @@ func (e *env) startWorker(o workerOpts) *worker {
 			}
 		}
 		if t.Failed() {
+			if d := os.Getenv("E2E_LOG_DIR"); d != "" {
+				base := filepath.Join(d, strings.NewReplacer("/", "_").Replace(t.Name())+"."+w.name)
+				_ = os.WriteFile(base+".stdout", []byte(w.tail(1<<30)+"\n"), 0o644)
+				if b, err := os.ReadFile(w.sdkPath); err == nil {
+					_ = os.WriteFile(base+".sdk.jsonl", b, 0o644)
+				}
+				if b, err := os.ReadFile(w.errPath); err == nil {
+					_ = os.WriteFile(base+".stderr", b, 0o644)
+				}
+			}
 			t.Logf("worker %s stdout (last 40 lines):\n%s", w.name, w.tail(40))
 			t.Logf("worker %s stderr (last 4000 bytes):\n%s", w.name, w.stderrTail(4000))
 			t.Logf("worker %s SDK log (last 4000 bytes):\n%s", w.name, tailFile(w.sdkPath, 4000))

@@ -575,7 +575,8 @@ func (m *member) failing(msg *contracts.CMessage) bool {
 	if m.o.failKey == "" || msg.PartitionKey != m.o.failKey {
 		return false
 	}
-	n, err := strconv.Atoi(string(msg.Data))
+	num, _, _ := strings.Cut(string(msg.Data), " ") // the test producer's number, then padding
+	n, err := strconv.Atoi(num)
 	if err != nil || n%m.o.failEvery != 0 {
 		return false
 	}
