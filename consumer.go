@@ -220,6 +220,9 @@ type ownedPartition struct {
 	// when the ack returned): that fetch may have claimed them before the
 	// ack ran in Redis, and must not hand them out again.
 	acked map[string]time.Time
+	// releaseToken identifies the release of this lease across its
+	// attempts (see rebalance.Release): "" until the first.
+	releaseToken string
 }
 
 // Stats are counters of a consumer since it was registered.
@@ -648,7 +651,7 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 			op.cancel() // Run's handlers of the partition stop
 		}
 		if op.revoking && c.drainedLocked(op, now) {
-			release = append(release, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
+			release = append(release, c.releaseOfLocked(p, op))
 			releaseParts = append(releaseParts, p)
 		}
 		if op.revoking {
@@ -698,6 +701,16 @@ func (c *Consumer) drainedLocked(op *ownedPartition, now time.Time) bool {
 		}
 	}
 	return true
+}
+
+// releaseOfLocked returns what releases op, partition p's lease: the same
+// token for every attempt, so that one sent again after a reply was lost is
+// known for what it is (not a loss).
+func (c *Consumer) releaseOfLocked(p int, op *ownedPartition) rebalance.Held {
+	if op.releaseToken == "" {
+		op.releaseToken = uuid.NewString()
+	}
+	return rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch, Token: op.releaseToken}
 }
 
 // releasePartitions releases the leases of parts and forgets them.
@@ -1315,7 +1328,10 @@ func (c *Consumer) nextDueLocked() (time.Time, bool) {
 // consumer still holds its lease under the epoch the message was delivered
 // with: messages of a partition lost meanwhile are not acked and Ack returns
 // a *PartitionError wrapping ErrFenced (they will be delivered to the new
-// owner). Acking a message twice is harmless.
+// owner); messages no longer pending (acked already: by an earlier Ack whose
+// reply was lost and that the client sent again, or by the new owner) are
+// not reported fenced, since they will not be delivered again. Acking a
+// message twice is harmless.
 func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 	type pe struct {
 		p     int
@@ -1538,7 +1554,7 @@ func (c *Consumer) leave(ctx context.Context) error {
 	held := make([]rebalance.Held, 0, len(c.parts))
 	parts := make([]int, 0, len(c.parts))
 	for p, op := range c.parts {
-		held = append(held, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
+		held = append(held, c.releaseOfLocked(p, op))
 		parts = append(parts, p)
 	}
 	c.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -660,5 +661,187 @@ func TestEvictingMaxmemoryPolicyIsReported(t *testing.T) {
 				t.Fatalf("logged %v, want one warning with the policy", warned)
 			}
 		})
+	}
+}
+
+// replayedCall is a go-redis hook that loses the reply of a call that ran:
+// the next pipeline that match accepts runs in Redis, then between runs
+// (while the reply is lost); then, with again, the pipeline runs again, as
+// go-redis' own retry would, and the caller gets the second reply, else
+// the caller gets a connection error.
+type replayedCall struct {
+	match   func([]redis.Cmder) bool
+	between func()
+	again   bool
+	armed   atomic.Bool
+	played  atomic.Bool
+}
+
+var errReplyLost = errors.New("test: reply lost")
+
+func (h *replayedCall) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *replayedCall) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *replayedCall) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if !h.match(cmds) || !h.armed.CompareAndSwap(true, false) {
+			return next(ctx, cmds)
+		}
+		_ = next(ctx, cmds)
+		h.between()
+		h.played.Store(true)
+		if h.again {
+			return next(ctx, cmds)
+		}
+		for _, c := range cmds {
+			c.SetErr(errReplyLost)
+		}
+		return errReplyLost
+	}
+}
+
+// callsScript reports whether cmds hold a call of one of the SDK's scripts
+// (by its SHA-1 or its source) or a command named one of names.
+func callsScript(t *testing.T, scripts []string, names ...string) func([]redis.Cmder) bool {
+	var shas []string
+	for _, s := range scripts {
+		shas = append(shas, string(scriptMarker(t, s)))
+	}
+	return func(cmds []redis.Cmder) bool {
+		for _, c := range cmds {
+			for _, n := range names {
+				if strings.EqualFold(c.Name(), n) {
+					return true
+				}
+			}
+			if a := c.Args(); len(a) > 1 && slices.Contains(shas, fmt.Sprint(a[1])) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// A consumer's ack runs in Redis but its reply is lost, and the lease goes
+// to another consumer before the ack is sent again: the second run finds
+// the lease another's. The messages were acknowledged all the same (by the
+// first run): Ack must not report them fenced (they are not going to the
+// next owner), but as of unknown outcome.
+func TestAckRetriedAfterTheLeaseMovedIsNotFenced(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	rdb := redistest.Client(t)
+	seg := newSegmenter(t, ns, rdb)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("A"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, st, nil, msg("k", "1"))
+	got := drainNoAck(t, a, nil, 1)
+	direct := redistest.Client(t)
+	lease := keyspace.New(ns).Lease("s", 0, "g")
+	h := &replayedCall{match: callsScript(t, []string{"ack", "ack_many"}, "xack"), between: func() {
+		// The partition's next owner takes the lease.
+		if err := direct.HSet(ctx, lease, "o", "B", "e", strconv.FormatInt(got[0].Epoch+1, 10)).Err(); err != nil {
+			t.Error(err)
+		}
+	}}
+	h.armed.Store(true)
+	rdb.AddHook(h)
+	err = a.Ack(ctx, got...)
+	if !h.played.Load() {
+		t.Fatal("the ack was not played twice: the test tested nothing")
+	}
+	if err == nil || errors.Is(err, segmenter.ErrFenced) {
+		t.Fatalf("an ack that ran, sent again after the lease moved, returned %v: want an error of unknown outcome, not ErrFenced", err)
+	}
+	n, err2 := direct.XPending(ctx, keyspace.New(ns).Partition("s", 0), "g").Result()
+	if err2 != nil || n.Count != 0 {
+		t.Fatalf("pending after the ack: %+v %v, want none", n, err2)
+	}
+	if s := a.Stats(); s.Fenced != 0 {
+		t.Fatalf("Stats().Fenced = %d after an ack that ran", s.Fenced)
+	}
+}
+
+// A lost reply of an ack is not followed by go-redis sending the ack again
+// by itself (a second run after the lease moved would hide that the first
+// acked): the SDK sends it again itself, knowing.
+func TestAckIsNotSentAgainBlindlyAfterALostReply(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	seg, proxy := proxiedSegmenter(t, ns, [][]byte{[]byte("XACK")}, func(n int) bool { return n == 1 })
+	st, err := newSegmenter(t, ns, redistest.Client(t)).RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, st, nil, msg("k", "1"))
+	got := drainNoAck(t, c, nil, 1)
+	if err := c.Ack(ctx, got...); err != nil {
+		t.Fatalf("an ack sent again through the scripts, the lease ours: %v", err)
+	}
+	if proxy.lost.Load() != 1 {
+		t.Fatalf("%d ack replies lost, want 1: the test tested nothing", proxy.lost.Load())
+	}
+	if n := proxy.matches.Load(); n != 1 {
+		t.Fatalf("the native ack (XACK) was written %d times: go-redis sent it again by itself after its reply was lost", n)
+	}
+}
+
+// A consumer hands a partition over: its release runs in Redis, the reply
+// is lost, and the next owner takes the lease before go-redis sends the
+// release again (go-redis does: a release is idempotent). The partition was
+// handed over (revoked), not lost.
+func TestReleaseRetriedAfterTheNextOwnerTookTheLeaseIsAHandOver(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	rdb := redistest.Client(t)
+	seg := newSegmenter(t, ns, rdb)
+	if _, err := seg.RegisterStream(ctx, "s", 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var events []segmenter.PartitionEvent
+	a, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("A"),
+		segmenter.WithPartitionListener(func(e segmenter.PartitionEvent) {
+			mu.Lock()
+			events = append(events, e)
+			mu.Unlock()
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := a.Assignment()
+	direct := redistest.Client(t)
+	lease := keyspace.New(ns).Lease("s", 0, "g")
+	h := &replayedCall{match: callsScript(t, []string{"release"}), again: true, between: func() {
+		if err := direct.HSet(ctx, lease, "o", "B", "e", strconv.FormatInt(own[0].Epoch+1, 10)).Err(); err != nil {
+			t.Error(err)
+		}
+	}}
+	h.armed.Store(true)
+	rdb.AddHook(h)
+	if err := a.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !h.played.Load() {
+		t.Fatal("the release was not played twice: the test tested nothing")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, e := range events {
+		if e.Epoch == own[0].Epoch && e.Kind != segmenter.PartitionAssigned && e.Kind != segmenter.PartitionRevoked {
+			t.Errorf("a partition handed over, its release sent again after the next owner took it, was reported %v (%v)", e.Kind, e.Err)
+		}
+	}
+	if s := a.Stats(); s.Fenced != 0 {
+		t.Errorf("Stats().Fenced = %d after a hand-over", s.Fenced)
 	}
 }

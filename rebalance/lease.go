@@ -29,6 +29,10 @@ type Grant struct {
 type Held struct {
 	Key   string // the lease key
 	Epoch int64  // the epoch it was granted under
+	// Token identifies one release (Release only): every attempt of it
+	// passes the same token, so that an attempt made after one that ran
+	// (its reply lost) is known for what it is. Empty: a new one.
+	Token string
 }
 
 // Acquire asks for each lease key in one round trip, for ttl. A lease is
@@ -99,12 +103,21 @@ func Renew(ctx context.Context, rdb redis.Cmdable, owner string, ttl time.Durati
 }
 
 // Release frees each held lease in one round trip, keeping its epoch so the
-// next grant is greater. A lease that is no longer ours comes back Fenced.
+// next grant is greater.
+//
+// A release is idempotent: sent again with the same Held.Token (go-redis
+// sends it again by itself when a reply is lost), it succeeds again, also
+// after the next owner took the lease. A lease taken by another before the
+// release ran is Fenced: it was lost, not handed over.
 func Release(ctx context.Context, rdb redis.Cmdable, owner string, held []Held) []Outcome {
 	var b batch
 	calls := make([]*call, len(held))
 	for i, h := range held {
-		calls[i] = b.add(releaseScript, []string{h.Key}, owner, strconv.FormatInt(h.Epoch, 10))
+		token := h.Token
+		if token == "" {
+			token = newToken()
+		}
+		calls[i] = b.add(releaseScript, []string{h.Key}, owner, strconv.FormatInt(h.Epoch, 10), token)
 	}
 	b.exec(ctx, rdb)
 	out := make([]Outcome, len(held))
@@ -297,15 +310,35 @@ const maxAckIDs = 1000
 // (natively on a single Redis node, see native.go; two when a lease was
 // lost). XACK is idempotent, so an ack whose reply was lost may be sent
 // again.
+//
+// An ack is sent once by go-redis (never again by itself on a lost reply:
+// the second run of an ack that ran would find the lease moved on and say
+// fenced). A native ack that failed is sent again through the scripts; if
+// its outcome is unknown, a lease found another's then is an error of
+// unknown outcome, never Fenced: the first run may have acked.
 func Ack(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs []AckRequest) []AckResult {
+	var unknown error
 	if len(reqs) > 0 && native(ctx, rdb) {
-		if res, err := ackNative(ctx, rdb, owner, group, reqs); err == nil {
+		res, err := ackNative(ctx, rdb, owner, group, reqs)
+		if err == nil {
 			return res
 		}
 		// A lease is not ours (the scripts say which), or the call failed
 		// (sent again: XACK is idempotent).
+		if !errors.Is(err, errAborted) {
+			unknown = err
+		}
 	}
-	return ackScripts(ctx, rdb, owner, group, reqs)
+	res := ackScripts(ctx, rdb, owner, group, reqs)
+	if unknown != nil {
+		for i := range res {
+			if res[i].Fenced {
+				res[i].Fenced = false
+				res[i].Err = fmt.Errorf("ack of unknown outcome (%v); the lease is another's now", unknown)
+			}
+		}
+	}
+	return res
 }
 
 // ackScripts is Ack through the scripts.
@@ -313,7 +346,7 @@ func ackScripts(ctx context.Context, rdb redis.Cmdable, owner, group string, req
 	if _, single := rdb.(*redis.Client); single && len(reqs) > 1 {
 		return ackMany(ctx, rdb, owner, group, reqs)
 	}
-	var b batch
+	b := batch{once: true}
 	calls := make([][]*call, len(reqs))
 	for i, r := range reqs {
 		for start := 0; start < len(r.IDs); start += maxAckIDs {
@@ -357,7 +390,7 @@ func ackMany(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs [
 			args = append(args, id)
 		}
 	}
-	var b batch
+	b := batch{once: true}
 	c := b.add(ackManyScript, keys, args...)
 	b.exec(ctx, rdb)
 	out := make([]AckResult, len(reqs))

@@ -451,3 +451,40 @@ func testAckOfSeveralPartitionsFencesEachOnItsOwn(t *testing.T) {
 		t.Fatalf("the fenced partition's messages were acked: %d pending", p.Count)
 	}
 }
+
+// A release sent again with the same token (go-redis sends it again by
+// itself when its reply is lost) succeeds again, also once the next owner
+// took the lease, and frees nothing of the next owner's; another release
+// of a lease another holds is fenced, as is one of a lease that expired and
+// went to another consumer before it was released.
+func TestReleaseSentAgainSucceeds(t *testing.T) {
+	f := newFixture(t)
+	a := f.acquire(t, "A", time.Minute)
+	held := []rebalance.Held{{Key: f.lease, Epoch: a.Epoch, Token: "release-1"}}
+	if r := rebalance.Release(f.ctx, f.rdb, "A", held)[0]; r.Err != nil || r.Fenced {
+		t.Fatalf("release: %+v", r)
+	}
+	b := f.acquire(t, "B", time.Minute)
+	if !b.Granted {
+		t.Fatalf("B's acquire: %+v", b)
+	}
+	if r := rebalance.Release(f.ctx, f.rdb, "A", held)[0]; r.Err != nil || r.Fenced {
+		t.Fatalf("A's release sent again after B took the lease: %+v, want released", r)
+	}
+	if g := f.acquire(t, "C", time.Minute); g.Granted || g.Holder != "B" {
+		t.Fatalf("the release sent again freed B's lease: C got %+v", g)
+	}
+	if r := rebalance.Release(f.ctx, f.rdb, "A", []rebalance.Held{{Key: f.lease, Epoch: a.Epoch}})[0]; !r.Fenced {
+		t.Fatalf("another release of A's, B holding the lease: %+v, want fenced", r)
+	}
+	// B's lease expires and goes to C: B never released it.
+	if err := f.rdb.HSet(f.ctx, f.lease, "x", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if g := f.acquire(t, "C", time.Minute); !g.Granted {
+		t.Fatalf("C's acquire of an expired lease: %+v", g)
+	}
+	if r := rebalance.Release(f.ctx, f.rdb, "B", []rebalance.Held{{Key: f.lease, Epoch: b.Epoch, Token: "release-2"}})[0]; r.Err != nil || !r.Fenced {
+		t.Fatalf("B's release of a lease C took after it expired: %+v, want fenced", r)
+	}
+}

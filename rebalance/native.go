@@ -340,12 +340,15 @@ func ackNative(ctx context.Context, rdb redis.Cmdable, owner, group string, reqs
 		}
 		pipe.Do(ctx, a...)
 	}
-	exec := pipe.Do(ctx, "EXEC")
+	// Sent once (see noRetry): an EXEC that ran, sent again by go-redis
+	// after its reply was lost, would find the lease moved and hide that.
+	exec := redis.NewCmd(ctx, "EXEC")
+	_ = pipe.Process(ctx, noRetry{exec})
 	_, _ = pipe.Exec(ctx)
 	v, err := exec.Slice()
 	if err != nil {
-		if errors.Is(err, redis.Nil) {
-			return nil, errAborted
+		if errors.Is(err, redis.Nil) || redis.HasErrorPrefix(err, "EXECABORT") {
+			return nil, errAborted // the EXEC ran nothing
 		}
 		return nil, err
 	}

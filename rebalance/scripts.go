@@ -57,7 +57,12 @@ type call struct {
 }
 
 // batch collects script calls and runs them in one round trip.
-type batch struct{ calls []*call }
+type batch struct {
+	calls []*call
+	// once: go-redis must not send the batch again by itself when a reply
+	// is lost (see noRetry); the caller handles an outcome it cannot know.
+	once bool
+}
 
 func (b *batch) add(s *script, keys []string, args ...any) *call {
 	c := &call{script: s, keys: keys, args: args}
@@ -75,7 +80,7 @@ func (b *batch) exec(ctx context.Context, rdb redis.Cmdable) {
 	}
 	pipe := rdb.Pipeline()
 	for _, c := range b.calls {
-		c.cmd = pipe.EvalSha(ctx, c.script.sha, c.keys, c.args...)
+		c.cmd = b.queue(ctx, pipe, "evalsha", c.script.sha, c)
 	}
 	_, _ = pipe.Exec(ctx)
 	var retry []*call
@@ -89,9 +94,32 @@ func (b *batch) exec(ctx context.Context, rdb redis.Cmdable) {
 	}
 	pipe = rdb.Pipeline()
 	for _, c := range retry {
-		c.cmd = pipe.Eval(ctx, c.script.src, c.keys, c.args...)
+		c.cmd = b.queue(ctx, pipe, "eval", c.script.src, c)
 	}
 	_, _ = pipe.Exec(ctx)
+}
+
+// queue adds the call to pipe as EVALSHA or EVAL (name) of script (its SHA-1
+// or source), marked not to be sent again by go-redis when b.once.
+func (b *batch) queue(ctx context.Context, pipe redis.Pipeliner, name, script string, c *call) *redis.Cmd {
+	if !b.once {
+		if name == "evalsha" {
+			return pipe.EvalSha(ctx, script, c.keys, c.args...)
+		}
+		return pipe.Eval(ctx, script, c.keys, c.args...)
+	}
+	args := make([]any, 0, 3+len(c.keys)+len(c.args))
+	args = append(args, name, script, len(c.keys))
+	for _, k := range c.keys {
+		args = append(args, k)
+	}
+	args = append(args, c.args...)
+	cmd := redis.NewCmd(ctx, args...)
+	if len(c.keys) > 0 {
+		cmd.SetFirstKeyPos(3) // as EvalSha does: a cluster routes by it
+	}
+	_ = pipe.Process(ctx, noRetry{cmd})
+	return cmd
 }
 
 func isNoScript(err error) bool {
