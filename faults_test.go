@@ -845,3 +845,67 @@ func TestReleaseRetriedAfterTheNextOwnerTookTheLeaseIsAHandOver(t *testing.T) {
 		t.Errorf("Stats().Fenced = %d after a hand-over", s.Fenced)
 	}
 }
+
+// failedCalls is a go-redis hook that fails, without sending them, the next
+// n pipelines that match accepts (a connection that broke before they left).
+type failedCalls struct {
+	match func([]redis.Cmder) bool
+	n     atomic.Int32
+}
+
+func (h *failedCalls) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *failedCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *failedCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if h.match(cmds) && h.n.Add(-1) >= 0 {
+			for _, c := range cmds {
+				c.SetErr(errReplyLost)
+			}
+			return errReplyLost
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// Run's ack of a handled message fails (the native ack and the scripts'
+// second try: Redis was away): Run sends it again, and the message is
+// acked, handled once. (Left in flight, it would be kept from coming due
+// for ever, and never acked.)
+func TestRunSendsAFailedAckAgain(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	rdb := redistest.Client(t)
+	h := &failedCalls{match: callsScript(t, []string{"ack", "ack_many"}, "xack")}
+	rdb.AddHook(h)
+	seg := newSegmenter(t, ns, rdb)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const maxProc = 300 * time.Millisecond
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 10, maxProc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.n.Store(2)
+	send(t, st, nil, msg("k", "1"))
+	var handled atomic.Int32
+	stop := runUntil(t, c, func(context.Context, *contracts.CMessage) error {
+		handled.Add(1)
+		return nil
+	})
+	direct := redistest.Client(t)
+	redistest.Eventually(t, 10*time.Second, func() bool {
+		n, err := direct.XPending(ctx, keyspace.New(ns).Partition("s", 0), "g").Result()
+		return err == nil && n.Count == 0 && handled.Load() > 0
+	}, "the message whose ack failed was never acked")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if h.n.Load() >= 0 {
+		t.Fatal("the acks did not fail: the test tested nothing")
+	}
+	if n := handled.Load(); n != 1 {
+		t.Fatalf("handled %d times, want once", n)
+	}
+}
