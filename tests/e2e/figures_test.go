@@ -24,9 +24,12 @@ type figures struct {
 	// Duplicated counts the messages delivered more than once, MaxDeliveries
 	// the most deliveries of one message.
 	Duplicated, MaxDeliveries int
-	// FencedRejections counts the reads and acks Redis refused with
-	// ErrFenced (a consumer past its lease).
-	FencedRejections int
+	// FencedRejections counts the reads and acks that returned ErrFenced
+	// to the application (Redis refused a consumer past its lease; Run
+	// reports its refused acks, not its refused fetches); PartitionsFenced
+	// the partitions consumers lost that way (a read, ack, renewal or
+	// release found the lease another's).
+	FencedRejections, PartitionsFenced int
 	// KillTakeover and TermTakeover are, for each partition held by a
 	// worker killed (SIGKILL) or stopped (SIGTERM), the time from the
 	// signal to its first delivery by another consumer.
@@ -50,6 +53,7 @@ func (f *figures) add(g figures) {
 	f.Duplicated += g.Duplicated
 	f.MaxDeliveries = max(f.MaxDeliveries, g.MaxDeliveries)
 	f.FencedRejections += g.FencedRejections
+	f.PartitionsFenced += g.PartitionsFenced
 	f.KillTakeover = append(f.KillTakeover, g.KillTakeover...)
 	f.TermTakeover = append(f.TermTakeover, g.TermTakeover...)
 }
@@ -79,6 +83,7 @@ func measure(evs []invariant.Event, opts invariant.Options, ws ...*worker) (figu
 		if !seen[w] {
 			seen[w] = true
 			f.FencedRejections += len(w.Fenced())
+			f.PartitionsFenced += w.partitionsFenced()
 		}
 	}
 	return f, vs
@@ -87,8 +92,8 @@ func measure(evs []invariant.Event, opts invariant.Options, ws ...*worker) (figu
 // String formats the figures on one line.
 func (f figures) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "runs=%d messages=%d lost=%d order-violations=%d overlapping-owners=%d acked-redelivered=%d other-violations=%d duplicated=%d max-deliveries=%d fenced-rejections=%d",
-		f.Runs, f.Messages, f.Lost, f.OrderViolations, f.OverlappingOwners, f.AckedRedelivered, f.OtherViolations, f.Duplicated, f.MaxDeliveries, f.FencedRejections)
+	fmt.Fprintf(&b, "runs=%d messages=%d lost=%d order-violations=%d overlapping-owners=%d acked-redelivered=%d other-violations=%d duplicated=%d max-deliveries=%d fenced-rejections=%d partitions-fenced=%d",
+		f.Runs, f.Messages, f.Lost, f.OrderViolations, f.OverlappingOwners, f.AckedRedelivered, f.OtherViolations, f.Duplicated, f.MaxDeliveries, f.FencedRejections, f.PartitionsFenced)
 	if len(f.KillTakeover) > 0 {
 		fmt.Fprintf(&b, " sigkill-takeover=%s", percentiles(f.KillTakeover))
 	}

@@ -151,28 +151,45 @@ func (l lazy) String() string { return l() }
 
 // producer sends keyed messages in batches and records them as sent.
 type producer struct {
-	st    *segmenter.Stream
-	rec   *invariant.Recorder
-	sent  atomic.Int64
-	stopC chan struct{}
-	done  chan struct{}
-	err   error
+	st     *segmenter.Stream
+	rec    *invariant.Recorder
+	sent   atomic.Int64 // messages sent (and recorded)
+	failed atomic.Int64 // batches that failed (tolerated)
+	stopC  chan struct{}
+	done   chan struct{}
+	err    error
 }
 
 // startProducer sends batches of batch messages every interval, over keys
 // keys ("k0".."k<keys-1>", each key's messages numbered in order), until
 // total were sent (0: until stopped).
 func (e *env) startProducer(st *segmenter.Stream, keys, total, batch int, interval time.Duration) *producer {
-	return e.startPaddedProducer(st, keys, total, batch, interval, 0)
+	return e.startProducerWith(st, producerOpts{keys: keys, total: total, batch: batch, interval: interval})
 }
 
 // startPaddedProducer is startProducer with pad bytes more in each
 // message's data (after its number and a space).
 func (e *env) startPaddedProducer(st *segmenter.Stream, keys, total, batch int, interval time.Duration, pad int) *producer {
+	return e.startProducerWith(st, producerOpts{keys: keys, total: total, batch: batch, interval: interval, pad: pad})
+}
+
+// producerOpts configures startProducerWith (see startProducer).
+type producerOpts struct {
+	keys, total, batch int
+	interval           time.Duration
+	pad                int // bytes added to each message's data
+	// tolerate: a failed send (Redis away) is counted in failed and the
+	// producer goes on with the next batch. The failed batch is not
+	// recorded as sent: its messages may or may not be in the stream.
+	tolerate bool
+}
+
+func (e *env) startProducerWith(st *segmenter.Stream, o producerOpts) *producer {
+	keys, total, batch, interval := o.keys, o.total, o.batch, o.interval
 	p := &producer{st: st, rec: invariant.NewRecorder(), stopC: make(chan struct{}), done: make(chan struct{})}
 	padding := ""
-	if pad > 0 {
-		padding = " " + strings.Repeat("x", pad)
+	if o.pad > 0 {
+		padding = " " + strings.Repeat("x", o.pad)
 	}
 	go func() {
 		defer close(p.done)
@@ -192,15 +209,23 @@ func (e *env) startPaddedProducer(st *segmenter.Stream, keys, total, batch int, 
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			ids, err := st.SendBatch(ctx, msgs)
 			cancel()
-			if err != nil {
+			switch {
+			case err != nil && o.tolerate:
+				p.failed.Add(1)
+				ids = nil
+			case err != nil:
 				p.err = err
 				return
 			}
 			for j, m := range msgs {
-				p.rec.Sent(ids[j], st.PartitionOf(m.PartitionKey), m.PartitionKey)
+				if ids != nil {
+					p.rec.Sent(ids[j], st.PartitionOf(m.PartitionKey), m.PartitionKey)
+				}
 			}
 			i += n
-			p.sent.Add(int64(n))
+			if ids != nil {
+				p.sent.Add(int64(n))
+			}
 			select {
 			case <-p.stopC:
 				return

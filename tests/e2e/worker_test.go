@@ -343,6 +343,20 @@ func (w *worker) FencedOps(stream string) map[string]bool {
 	return ops
 }
 
+// partitionsFenced counts the partitions the worker reported lost with
+// ErrFenced (a read, ack, renewal or release found the lease another's).
+func (w *worker) partitionsFenced() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, l := range w.lines {
+		if strings.HasPrefix(l, "lost ") && strings.Contains(l, "(fenced)") {
+			n++
+		}
+	}
+	return n
+}
+
 // PartitionEvents returns the partition events printed so far.
 func (w *worker) PartitionEvents() []partEvent {
 	w.mu.Lock()
