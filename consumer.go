@@ -1433,8 +1433,8 @@ func (c *Consumer) Nack(msgs ...*contracts.CMessage) error {
 			return err
 		}
 	}
+	var back []*contracts.CMessage
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	for _, m := range msgs {
 		op, ok := c.parts[int(m.Partition)]
 		if !ok || op.epoch != m.Epoch {
@@ -1445,6 +1445,14 @@ func (c *Consumer) Nack(msgs ...*contracts.CMessage) error {
 		op.cursor, op.cursorIdle, op.quiet = "0-0", 0, false
 		if op.revoking {
 			c.wakeLoop()
+		}
+		back = append(back, m)
+	}
+	c.mu.Unlock()
+	if len(back) > 0 && len(c.hooks.nack) > 0 {
+		ev := NackEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Messages: back, At: time.Now()}
+		for _, h := range c.hooks.nack {
+			h.OnNack(ev)
 		}
 	}
 	return nil

@@ -12,7 +12,8 @@
 // message whose handler succeeded is logged as an ack in flight until the
 // AckHook reports it, so that a kill in between counts as an ack that may
 // have run. Failed reads are logged too (Read's errors; in the Run modes
-// every partition error reported to Config.OnError), and Nacks.
+// every partition error reported to Config.OnError), and Nacks (in the Run
+// modes, from the NackHook: the messages Run hands back).
 //
 // It prints one line to stdout for each thing a test may wait for:
 //
@@ -602,6 +603,12 @@ type runHooks struct{ m *member }
 func (h runHooks) OnDeliver(ev segmenter.DeliverEvent) {
 	h.m.rec.Delivered(ev.Consumer, ev.Messages, ev.Start, ev.End)
 	h.m.announce(ev.Messages, ev.End)
+}
+
+// OnNack logs the messages Run hands back (it fetched them and did not
+// start them): they come again at once.
+func (h runHooks) OnNack(ev segmenter.NackEvent) {
+	h.m.rec.Nacked(ev.Consumer, ev.Messages, ev.At, ev.At)
 }
 
 func (h runHooks) OnHandlerStart(segmenter.HandlerEvent) {}
