@@ -34,6 +34,9 @@ type figures struct {
 	// worker killed (SIGKILL) or stopped (SIGTERM), the time from the
 	// signal to its first delivery by another consumer.
 	KillTakeover, TermTakeover []time.Duration
+	// CleanKillTakeover and CleanTermTakeover are the same, for signals
+	// sent with no other fault going on (the soak's last two).
+	CleanKillTakeover, CleanTermTakeover []time.Duration
 }
 
 // violations reports whether the checker found anything.
@@ -56,6 +59,8 @@ func (f *figures) add(g figures) {
 	f.PartitionsFenced += g.PartitionsFenced
 	f.KillTakeover = append(f.KillTakeover, g.KillTakeover...)
 	f.TermTakeover = append(f.TermTakeover, g.TermTakeover...)
+	f.CleanKillTakeover = append(f.CleanKillTakeover, g.CleanKillTakeover...)
+	f.CleanTermTakeover = append(f.CleanTermTakeover, g.CleanTermTakeover...)
 }
 
 // measure returns the figures of one run: the log evs checked with opts,
@@ -99,6 +104,12 @@ func (f figures) String() string {
 	}
 	if len(f.TermTakeover) > 0 {
 		fmt.Fprintf(&b, " sigterm-takeover=%s", percentiles(f.TermTakeover))
+	}
+	if len(f.CleanKillTakeover) > 0 {
+		fmt.Fprintf(&b, " sigkill-takeover-alone=%s", percentiles(f.CleanKillTakeover))
+	}
+	if len(f.CleanTermTakeover) > 0 {
+		fmt.Fprintf(&b, " sigterm-takeover-alone=%s", percentiles(f.CleanTermTakeover))
 	}
 	return b.String()
 }

@@ -390,16 +390,38 @@ func soakRun(t *testing.T, inst *redistest.Instance, plan soakPlan) (_ figures, 
 		}
 		played = append(played, s.F)
 	}
-	prod.stop(t)
 	for _, w := range leaving {
 		_ = w.waitExit(30 * time.Second)
 		w.checkStderr()
 	}
+	// The schedule is over: one SIGKILL and one SIGTERM with nothing else
+	// going on, the producer still sending, for takeover times free of the
+	// other faults.
+	e.waitBalanced(st.Name(), P, workersOf(live)...)
+	clean := len(victims)
+	for _, term := range []bool{false, true} {
+		prod.waitSent(t, int(prod.sent.Load())+200)
+		m := live[0]
+		remember(m.w, term)
+		if term {
+			m.w.stop()
+		} else {
+			m.w.kill()
+		}
+		// The others take its partitions; its replacement starts after.
+		e.waitBalanced(st.Name(), P, workersOf(live[1:])...)
+		prod.waitSent(t, int(prod.sent.Load())+200)
+		live[0] = fresh()
+		e.waitBalanced(st.Name(), P, workersOf(live)...)
+	}
+	prod.waitSent(t, int(prod.sent.Load())+200)
+	prod.stop(t)
 	e.waitBalanced(st.Name(), P, workersOf(live)...)
 	e.waitAllAcked(st, defaultGroup)
 	stopAll(t, workersOf(live)...)
 
-	for _, v := range victims {
+	var cleanKill, cleanTerm []time.Duration
+	for i, v := range victims {
 		var others []*worker
 		for _, w := range all {
 			if w != v.who {
@@ -407,9 +429,14 @@ func soakRun(t *testing.T, inst *redistest.Instance, plan soakPlan) (_ figures, 
 			}
 		}
 		d := takeovers(st.Name(), v.held, v.at, others...)
-		if v.term {
+		switch {
+		case i >= clean && v.term:
+			cleanTerm = append(cleanTerm, d...)
+		case i >= clean:
+			cleanKill = append(cleanKill, d...)
+		case v.term:
 			term = append(term, d...)
-		} else {
+		default:
 			kill = append(kill, d...)
 		}
 	}
@@ -425,6 +452,7 @@ func soakRun(t *testing.T, inst *redistest.Instance, plan soakPlan) (_ figures, 
 	}
 	f, vs := measure(evs, opts, all...)
 	f.KillTakeover, f.TermTakeover = kill, term
+	f.CleanKillTakeover, f.CleanTermTakeover = cleanKill, cleanTerm
 	if len(vs) > 0 {
 		e.keepLog(st.Name(), defaultGroup, evs)
 		t.Errorf("%d invariant violations", len(vs))
@@ -455,7 +483,9 @@ func soakTable(seed uint64, version string, total figures, byFault map[soakFault
 	}
 	row("**all runs**", "", total)
 	fmt.Fprintf(&b, "\nOther violations (delivery count, unjustified duplicate, malformed log): %d.\n", total.OtherViolations)
-	fmt.Fprintf(&b, "Takeover, from the signal to the first delivery of each of the victim's partitions by another consumer: after SIGKILL %s; after SIGTERM %s.\n",
-		percentiles(total.KillTakeover), percentiles(total.TermTakeover))
+	fmt.Fprintf(&b, "\nTakeover, from the signal to the first delivery of each of the victim's partitions by another consumer (session timeout %v):\n\n", testSession)
+	fmt.Fprintf(&b, "| signal | alone (at the end of each run) | amid the schedule's faults |\n| --- | --- | --- |\n")
+	fmt.Fprintf(&b, "| SIGKILL | %s | %s |\n", percentiles(total.CleanKillTakeover), percentiles(total.KillTakeover))
+	fmt.Fprintf(&b, "| SIGTERM | %s | %s |\n", percentiles(total.CleanTermTakeover), percentiles(total.TermTakeover))
 	return b.String()
 }
