@@ -97,6 +97,7 @@ func TestFaultPauseShorterThanTheSession(t *testing.T) {
 	ctx := context.Background()
 	gen := func() string { return e.rdb.HGet(ctx, e.keys.Assignment(st.Name(), defaultGroup), "gen").Val() }
 	genBefore, before := gen(), e.leases(st.Name(), defaultGroup, P)
+	seen := len(w2.PartitionEvents()) // the events of the joins, before the pauses
 	const pause = testSession / 4
 	for i := range 5 {
 		w2.signal(syscall.SIGSTOP)
@@ -115,7 +116,7 @@ func TestFaultPauseShorterThanTheSession(t *testing.T) {
 	}
 	prod.stop(t)
 	e.waitAllAcked(st, defaultGroup)
-	events := w2.PartitionEvents() // before the shutdown hands them over
+	events := w2.PartitionEvents()[seen:] // since the pauses began, before the shutdown hands them over
 	stopAll(t, w1, w2)
 	opts := invariant.Options{MaxProcessingTime: 10 * time.Second}
 	evs := e.checkWith(st.Name(), defaultGroup, opts, prod)
