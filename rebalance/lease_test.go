@@ -488,3 +488,35 @@ func TestReleaseSentAgainSucceeds(t *testing.T) {
 		t.Fatalf("B's release of a lease C took after it expired: %+v, want fenced", r)
 	}
 }
+
+// Messages claimed for redelivery far apart in a long pending list get
+// their own delivery count, each one (a count of 1 would hide a
+// redelivery, from WithMaxDeliveries too).
+func TestClaimedMessagesFarApartGetTheirDeliveryCounts(t *testing.T) {
+	bothPaths(t, testClaimedFarApart)
+}
+
+func testClaimedFarApart(t *testing.T) {
+	f := newFixture(t)
+	sent := f.add(t, 40)
+	a := f.acquire(t, "A", time.Minute)
+	if r := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 40}, time.Hour); len(r.Entries) != 40 {
+		t.Fatalf("first fetch: %d entries", len(r.Entries))
+	}
+	// The first and the last come due (idle an hour, delivered once); the
+	// 38 between are fresh.
+	for _, id := range []string{sent[0], sent[39]} {
+		if err := f.rdb.Do(f.ctx, "XCLAIM", f.stream, f.group, "A", 0, id, "IDLE", 3600000, "RETRYCOUNT", 1).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 10}, time.Minute)
+	if got := ids(r); len(got) != 2 || got[0] != sent[0] || got[1] != sent[39] {
+		t.Fatalf("claim of the due messages: %v, want %s and %s", got, sent[0], sent[39])
+	}
+	for _, id := range []string{sent[0], sent[39]} {
+		if n := r.Deliveries[id]; n != 2 {
+			t.Errorf("%s claimed with delivery count %d, want 2", id, n)
+		}
+	}
+}
