@@ -95,13 +95,13 @@ func commandRate(t *testing.T, rdb *redis.Client, window time.Duration) float64 
 }
 
 // checkNoBusySpin fails the test when Redis serves the consumers, idle,
-// more than three times the commands per second it served them idle
+// more than factor times the commands per second it served them idle
 // before the fault (plus 50/s for the heartbeats of a group rebalancing).
-func checkNoBusySpin(t *testing.T, rdb *redis.Client, idleBefore float64, what string) {
+func checkNoBusySpin(t *testing.T, rdb *redis.Client, idleBefore, factor float64, what string) {
 	t.Helper()
 	after := commandRate(t, rdb, time.Second)
 	t.Logf("Redis served %.0f commands/s to the idle consumers before %s, %.0f/s after", idleBefore, what, after)
-	if after > 3*idleBefore+50 {
+	if after > factor*idleBefore+50 {
 		t.Errorf("after %s Redis serves %.0f commands/s, %.0f/s before: the consumers spin", what, after, idleBefore)
 	}
 }
@@ -169,7 +169,7 @@ func TestFaultGroupDataVanishes(t *testing.T) {
 			after.finish(t)
 			poll(t, hang, 50*time.Millisecond, func() bool { return len(reported("consumer group missing", ws...)) == P },
 				"not every partition's missing group was reported; reported: %v", lazy(func() string { return fmt.Sprint(reported("consumer group missing", ws...)) }))
-			checkNoBusySpin(t, e.rdb, idle, how)
+			checkNoBusySpin(t, e.rdb, idle, 1.5, how) // the partitions are dropped for good
 			e.noGroupFor(st.Name(), defaultGroup, P, 20*testHeartbeat)
 
 			stopAll(t, ws...)
@@ -230,7 +230,7 @@ func TestFaultGroupDestroyedWithPendingEntries(t *testing.T) {
 	poll(t, hang, 50*time.Millisecond, func() bool { return len(reported("consumer group missing", ws...)) == P },
 		"not every partition's missing group was reported: %v", lazy(func() string { return fmt.Sprint(reported("consumer group missing", ws...)) }))
 	e.noGroupFor(st.Name(), defaultGroup, P, 20*testHeartbeat)
-	checkNoBusySpin(t, e.rdb, idle, "XGROUP DESTROY")
+	checkNoBusySpin(t, e.rdb, idle, 1.5, "XGROUP DESTROY")
 	stopAll(t, ws...)
 
 	vs := []*worker{e.startWorker(o("v1")), e.startWorker(o("v2"))}
@@ -472,7 +472,9 @@ func TestFaultMalformedEntries(t *testing.T) {
 	goodProd := &producer{st: st, rec: good}
 	poll(t, hang, 50*time.Millisecond, func() bool { return reported("WRONGTYPE", ws...)[bad] },
 		"no consumer reported partition %d's key of the wrong type", bad)
-	checkNoBusySpin(t, e.rdb, idle, "a key of the wrong type at a partition's name")
+	// The partition's fetch fails at every round (and the watcher's wait):
+	// more commands, a bounded number.
+	checkNoBusySpin(t, e.rdb, idle, 3, "a key of the wrong type at a partition's name")
 	// The other partitions went on.
 	if err := e.rdb.Del(ctx, key).Err(); err != nil {
 		t.Fatal(err)
