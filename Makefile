@@ -33,6 +33,8 @@ help:
 	@echo "  make bench       benchmark table vs raw go-redis (~3.5 min); rewrites the table in BENCHMARKS.md"
 	@echo "  make bench-smoke every figure at a tiny size + 1x of each Go benchmark (CI: they still run)"
 	@echo "  make measure     rebalance timings with worker processes: hand-over, SIGKILL takeover, partitions moved"
+	@echo "  make chaos       the soak: RUNS randomized fault schedules (SEED replays them, ONLY=N one run), checked; figures at the end"
+	@echo "  make chaos-ci    the short fixed-seed soak CI runs"
 
 # deps installs what a fresh Debian machine lacks for the tests, and nothing
 # when everything is there. It uses sudo only when not root.
@@ -115,3 +117,29 @@ measure: deps
 .PHONY: test-short
 test-short:
 	$(GO) test -short -count=1 ./...
+
+# chaos runs the soak (TestSoak in tests/e2e): RUNS runs, each of a
+# schedule of faults drawn from SEED (0: from the clock) and printed, played
+# for DURATION against worker processes and a Redis of its own (AOF,
+# appendfsync always) while a producer sends; each run ends with the
+# invariant checker over the merged log of every process. It prints every
+# schedule, every run's figures and a table of all of them (also written to
+# CHAOS_REPORT when set), and fails on any violation. Replay a run with the
+# SEED it printed and ONLY=N. Bounded: every wait has a deadline, and the
+# whole soak a timeout of 2 minutes per run.
+SEED ?= 0
+RUNS ?= 10
+ONLY ?= -1
+DURATION ?= 15s
+CHAOS_REPORT ?=
+
+.PHONY: chaos
+chaos: deps
+	$(GO) test -race -count=1 -timeout $$(( $(RUNS) * 120 + 300 ))s -run '^TestSoak$$' -v $(E2E_PKG) \
+		-args -soak.runs=$(RUNS) -soak.seed=$(SEED) -soak.only=$(ONLY) -soak.duration=$(DURATION) -soak.report='$(CHAOS_REPORT)'
+
+# chaos-ci is the short soak of CI: a fixed seed, six runs of 12s (about
+# two minutes).
+.PHONY: chaos-ci
+chaos-ci:
+	@$(MAKE) --no-print-directory chaos SEED=1 RUNS=6 DURATION=12s

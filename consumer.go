@@ -231,6 +231,9 @@ type ownedPartition struct {
 	// when the ack returned): that fetch may have claimed them before the
 	// ack ran in Redis, and must not hand them out again.
 	acked map[string]time.Time
+	// releaseToken identifies the release of this lease across its
+	// attempts (see rebalance.Release): "" until the first.
+	releaseToken string
 }
 
 // delivery is when a message in flight was delivered: at is when the reply
@@ -416,16 +419,35 @@ func (s *Segmenter) createGroup(ctx context.Context, st *Stream, group string, s
 	}
 	add := pipe.SAdd(ctx, s.keys.Groups(st.name), group)
 	_, _ = pipe.Exec(ctx)
-	var recreated []int
+	var recreated, refused []int
 	for i, cmd := range cmds {
 		switch err := cmd.Err(); {
 		case err == nil && known:
 			recreated = append(recreated, i)
+		case err != nil && redis.HasErrorPrefix(err, "OOM"):
+			refused = append(refused, i)
 		case err != nil && !redis.HasErrorPrefix(err, "BUSYGROUP"):
 			return fmt.Errorf("segmenter: create group %q on stream %q partition %d: %w", group, st.name, i, err)
 		}
 	}
-	if err := add.Err(); err != nil {
+	if len(refused) > 0 {
+		// Out of memory (maxmemory, noeviction), Redis refuses XGROUP
+		// CREATE even where the group exists: a consumer joins all the
+		// same where it does.
+		pipe := s.rdb.Pipeline()
+		infos := make([]*redis.XInfoGroupsCmd, len(refused))
+		for j, i := range refused {
+			infos[j] = pipe.XInfoGroups(ctx, st.keys[i])
+		}
+		_, _ = pipe.Exec(ctx)
+		for j, i := range refused {
+			gs, _ := infos[j].Result()
+			if !slices.ContainsFunc(gs, func(g redis.XInfoGroup) bool { return g.Name == group }) {
+				return fmt.Errorf("segmenter: create group %q on stream %q partition %d: %w", group, st.name, i, cmds[i].Err())
+			}
+		}
+	}
+	if err := add.Err(); err != nil && !(known && redis.HasErrorPrefix(err, "OOM")) {
 		return fmt.Errorf("segmenter: register group %q of stream %q: %w", group, st.name, err)
 	}
 	if len(recreated) > 0 {
@@ -680,7 +702,7 @@ func (c *Consumer) tick(ctx context.Context) (urgent bool) {
 			op.cancel() // Run's handlers of the partition stop
 		}
 		if op.revoking && c.drainedLocked(op, now) {
-			release = append(release, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
+			release = append(release, c.releaseOfLocked(p, op))
 			releaseParts = append(releaseParts, p)
 		}
 		if op.revoking {
@@ -737,6 +759,16 @@ func (c *Consumer) drainedLocked(op *ownedPartition, now time.Time) bool {
 	return true
 }
 
+// releaseOfLocked returns what releases op, partition p's lease: the same
+// token for every attempt, so that one sent again after a reply was lost is
+// known for what it is (not a loss).
+func (c *Consumer) releaseOfLocked(p int, op *ownedPartition) rebalance.Held {
+	if op.releaseToken == "" {
+		op.releaseToken = uuid.NewString()
+	}
+	return rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch, Token: op.releaseToken}
+}
+
 // releasePartitions releases the leases of parts and forgets them.
 func (c *Consumer) releasePartitions(ctx context.Context, parts []int, held []rebalance.Held) {
 	res := rebalance.Release(ctx, c.seg.rdb, c.id, held)
@@ -752,6 +784,13 @@ func (c *Consumer) releasePartitions(ctx context.Context, parts []int, held []re
 		if r.Err != nil {
 			c.reportLocked(p, fmt.Errorf("release lease: %w", r.Err))
 			continue // retried on the next tick; else it expires
+		}
+		if r.Fenced {
+			// The lease was not ours any more: it expired and went to
+			// another consumer (a heartbeat held up past the session
+			// brought the news late). A loss, not a hand-over.
+			c.dropLocked(p, ErrFenced, true)
+			continue
 		}
 		op.cancel()
 		delete(c.parts, p)
@@ -971,17 +1010,19 @@ func (c *Consumer) fetchRound(ctx context.Context, budget int, limit func(int) i
 // acknowledges *acks, in its own transaction, behind the same guard: one
 // round trip and one fence check where an Ack and a fetch take two. The
 // outcome is reported as Ack reports it (hooks, counters), an error of
-// unknown outcome to Config.OnError as Run's acker does, and *acks is then
-// nil; otherwise the caller sends them.
+// unknown outcome to Config.OnError as Run's acker does, and *acks then
+// holds only the messages whose ack's outcome is unknown, for the caller to
+// send again; otherwise the caller sends them all.
 func (c *Consumer) fetchOnce(ctx context.Context, budget int, limit func(int) int, acks *[]*contracts.CMessage) (_ []*contracts.CMessage, _ error, dead int) {
 	plan, err := c.prepareFetch(budget, limit)
 	if err != nil || plan == nil {
 		return nil, err, 0
 	}
 	var groups []ackGroup
+	var carried []*contracts.CMessage
 	if acks != nil && len(*acks) > 0 && rebalance.CanFetchAck(ctx, c.seg.rdb, plan.reqs) {
 		if g, err := c.groupAcks(*acks); err == nil {
-			groups, *acks = g, nil
+			groups, carried, *acks = g, *acks, nil
 		}
 	}
 	start := time.Now()
@@ -992,10 +1033,9 @@ func (c *Consumer) fetchOnce(ctx context.Context, budget int, limit func(int) in
 		res, acked = rebalance.FetchAck(context.WithoutCancel(ctx), c.seg.rdb, c.id, c.group, c.maxProc, plan.reqs, c.ackRequests(groups))
 		// The acks ran before the read, or before a fallback read was
 		// sent: the read cannot have claimed their messages first.
-		err := c.applyAck(groups, acked, start, false)
-		if err != nil && !errors.Is(err, ErrFenced) && !errors.Is(err, ErrClosed) {
-			c.seg.reportError(err)
-		}
+		// Those of unknown outcome go back to the caller, which sends them
+		// again (Run's acker), as for an Ack of its own.
+		*acks = c.unknownAcks(carried, c.applyAck(groups, acked, start, false))
 	} else {
 		res = rebalance.Fetch(ctx, c.seg.rdb, c.id, c.group, c.maxProc, plan.reqs)
 	}
@@ -1705,7 +1745,10 @@ func (c *Consumer) nextDueLocked() (time.Time, bool) {
 // consumer still holds its lease under the epoch the message was delivered
 // with: messages of a partition lost meanwhile are not acked and Ack returns
 // a *PartitionError wrapping ErrFenced (they will be delivered to the new
-// owner). Acking a message twice is harmless.
+// owner); messages no longer pending (acked already: by an earlier Ack whose
+// reply was lost and that the client sent again, or by the new owner) are
+// not reported fenced, since they will not be delivered again. Acking a
+// message twice is harmless.
 func (c *Consumer) Ack(ctx context.Context, msgs ...*contracts.CMessage) error {
 	groups, err := c.groupAcks(msgs)
 	if err != nil || len(groups) == 0 {
@@ -1872,8 +1915,8 @@ func (c *Consumer) Nack(msgs ...*contracts.CMessage) error {
 			return err
 		}
 	}
+	var back []*contracts.CMessage
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	for _, m := range msgs {
 		op, ok := c.parts[int(m.Partition)]
 		if !ok || op.epoch != m.Epoch {
@@ -1884,6 +1927,14 @@ func (c *Consumer) Nack(msgs ...*contracts.CMessage) error {
 		op.cursor, op.cursorIdle, op.quiet = "0-0", 0, false
 		if op.revoking {
 			c.wakeLoop()
+		}
+		back = append(back, m)
+	}
+	c.mu.Unlock()
+	if len(back) > 0 && len(c.hooks.nack) > 0 {
+		ev := NackEvent{Stream: c.stream.name, Group: c.group, Consumer: c.id, Messages: back, At: time.Now()}
+		for _, h := range c.hooks.nack {
+			h.OnNack(ev)
 		}
 	}
 	return nil
@@ -1993,7 +2044,7 @@ func (c *Consumer) leave(ctx context.Context) error {
 	held := make([]rebalance.Held, 0, len(c.parts))
 	parts := make([]int, 0, len(c.parts))
 	for p, op := range c.parts {
-		held = append(held, rebalance.Held{Key: c.leaseKeys[p], Epoch: op.epoch})
+		held = append(held, c.releaseOfLocked(p, op))
 		parts = append(parts, p)
 	}
 	c.mu.Unlock()

@@ -44,6 +44,10 @@
 //     (messages reappear or vanish); lease epochs stay increasing across such
 //     a rollback because every grant takes an epoch no lower than the server's
 //     clock in microseconds.
+//   - Out of memory with maxmemory-policy noeviction, Redis refuses new
+//     messages (Send fails with its OOM error) and consumers go on; an
+//     allkeys-* policy, which may evict messages and leases, is reported
+//     (ErrEvictionPolicy).
 //   - Retention (the stream's maximum length per partition) is the only way a
 //     message disappears unprocessed; the consumer counts such messages in
 //     Stats().Trimmed and Stats().TrimmedUnread and logs them.

@@ -40,6 +40,12 @@ var (
 	// ErrPoison marks a stream entry that this SDK did not write or cannot
 	// decode. See Poison.
 	ErrPoison = errors.New("segmenter: poison message")
+	// ErrEvictionPolicy is reported to Config.OnError (once per Segmenter,
+	// at its first registration) when Redis' maxmemory-policy lets it evict
+	// any key (allkeys-lru, allkeys-lfu, allkeys-random): messages and
+	// leases could vanish. Use noeviction: out of memory, Redis then
+	// refuses new messages (Send fails) while consumers go on.
+	ErrEvictionPolicy = errors.New("segmenter: Redis may evict the SDK's keys")
 )
 
 // PartitionError is an error about one partition of a stream for a group.

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"regexp"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/segmenter/segmenter"
 	"github.com/segmenter/segmenter/contracts"
+	"github.com/segmenter/segmenter/internal/keyspace"
 	"github.com/segmenter/segmenter/internal/redistest"
 )
 
@@ -433,5 +437,448 @@ func TestIdleReadAfterATakeoverDoesNotSpin(t *testing.T) {
 	}
 	if err := b.Ack(ctx, m...); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// heldTicks is a go-redis hook that holds a consumer's next heartbeat (a
+// pipeline naming the group's members key) for hold before it leaves, as
+// a network that stalls would: it runs in Redis only then.
+type heldTicks struct {
+	members string
+	hold    time.Duration
+	next    atomic.Bool
+	held    chan struct{}
+}
+
+func (h *heldTicks) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *heldTicks) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *heldTicks) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			for _, a := range c.Args() {
+				if a == h.members && h.next.CompareAndSwap(true, false) {
+					time.Sleep(h.hold) // the stall under test
+					close(h.held)
+				}
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// A consumer's heartbeat is held up past its session timeout: meanwhile
+// its partition goes to another consumer, which takes the lease. When the
+// heartbeat at last runs, it tells the consumer that the partition is no
+// longer its own; the consumer's release finds the lease held by the other
+// one. That partition was lost, not handed over: the listener hears
+// PartitionLost with ErrFenced, Stats counts it fenced, and the next Read
+// reports it.
+func TestReleaseOfALeaseTakenMeanwhileIsALoss(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	rdbA := redistest.Client(t)
+	h := &heldTicks{members: keyspace.New(ns).Members("s", "g"), hold: 4 * testSession, held: make(chan struct{})}
+	rdbA.AddHook(h)
+	segA := newSegmenter(t, ns, rdbA)
+	if _, err := segA.RegisterStream(ctx, "s", 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var events []segmenter.PartitionEvent
+	a, err := segA.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("A"),
+		segmenter.WithPartitionListener(func(e segmenter.PartitionEvent) {
+			mu.Lock()
+			events = append(events, e)
+			mu.Unlock()
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := a.Assignment()
+	if len(own) != 1 {
+		t.Fatalf("A holds %v, want the partition", own)
+	}
+	h.next.Store(true)
+	b, err := newSegmenter(t, ns, nil).RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("B"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool { return len(b.Assignment()) == 1 }, "B never took the partition over")
+	select {
+	case <-h.held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("A's heartbeat was never held: the test tested nothing")
+	}
+	redistest.Eventually(t, 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range events {
+			if e.Epoch == own[0].Epoch && e.Kind != segmenter.PartitionAssigned {
+				return true
+			}
+		}
+		return false
+	}, "A never learnt that it no longer holds the partition")
+	mu.Lock()
+	for _, e := range events {
+		if e.Epoch != own[0].Epoch || e.Kind == segmenter.PartitionAssigned {
+			continue
+		}
+		if e.Kind != segmenter.PartitionLost || !errors.Is(e.Err, segmenter.ErrFenced) {
+			t.Errorf("A's partition, taken by B while A's heartbeat was held up, was reported %v (err %v), want lost with ErrFenced", e.Kind, e.Err)
+		}
+	}
+	mu.Unlock()
+	if s := a.Stats(); s.Fenced != 1 {
+		t.Errorf("A's Stats().Fenced = %d, want 1", s.Fenced)
+	}
+	if _, err := a.Read(ctx, 0); !errors.Is(err, segmenter.ErrFenced) {
+		t.Errorf("A's next Read returned %v, want the partition lost with ErrFenced", err)
+	}
+}
+
+// outOfMemory makes the server of rdb refuse every write that may use
+// memory (maxmemory well below what it uses, policy noeviction).
+func outOfMemory(t *testing.T, rdb *redis.Client) {
+	t.Helper()
+	ctx := context.Background()
+	pipe := rdb.Pipeline()
+	for i := range 512 {
+		pipe.Set(ctx, "filler:"+strconv.Itoa(i), strings.Repeat("x", 4096), 0)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, v, _ := strings.Cut(rdb.Info(ctx, "memory").Val(), "used_memory:")
+	v, _, _ = strings.Cut(v, "\r\n")
+	used, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", strconv.FormatInt(used-1<<20, 10)).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// While Redis is out of memory a consumer still joins a group that exists
+// on every partition (Redis refuses XGROUP CREATE even where it would find
+// the group), and reads and acks; a group that does not exist yet cannot
+// be created, with Redis' error.
+func TestRegisterConsumerOutOfMemoryJoinsAnExistingGroup(t *testing.T) {
+	ctx := context.Background()
+	rdb := redistest.Standalone(t).Client(t)
+	seg := newSegmenter(t, redistest.Namespace(t), rdb)
+	st, err := seg.RegisterStream(ctx, "s", 2, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("A"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := send(t, st, nil, msg("k1", "1"), msg("k2", "2"))
+	outOfMemory(t, rdb)
+	if _, err := st.Send(ctx, msg("k3", "3")); !redis.HasErrorPrefix(err, "OOM") {
+		t.Fatalf("a send out of memory: %v, want OOM", err)
+	}
+	b, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("B"))
+	if err != nil {
+		t.Fatalf("joining an existing group out of memory: %v", err)
+	}
+	if _, err := seg.RegisterConsumer(ctx, "s", "other", 10, time.Minute); !redis.HasErrorPrefix(err, "OOM") || !strings.Contains(err.Error(), `group "other"`) {
+		t.Fatalf("a new group out of memory: %v, want Redis' OOM error naming the group", err)
+	}
+	got := map[string]bool{}
+	redistest.Eventually(t, 10*time.Second, func() bool {
+		for _, c := range []*segmenter.Consumer{a, b} {
+			msgs, err := c.Read(ctx, 10*time.Millisecond)
+			if err != nil && !errors.Is(err, segmenter.ErrFenced) {
+				t.Fatalf("read out of memory: %v", err)
+			}
+			if err := c.Ack(ctx, msgs...); err != nil {
+				t.Fatalf("ack out of memory: %v", err)
+			}
+			for _, m := range msgs {
+				got[m.Id] = true
+			}
+		}
+		return len(got) == len(sent)
+	}, "the consumers did not read and ack the messages out of memory")
+}
+
+// A Redis whose maxmemory-policy lets it evict any key is reported at the
+// Segmenter's first registration, once: a warning in the log and
+// ErrEvictionPolicy to OnError. noeviction is not.
+func TestEvictingMaxmemoryPolicyIsReported(t *testing.T) {
+	for _, policy := range []string{"allkeys-lru", "noeviction"} {
+		t.Run(policy, func(t *testing.T) {
+			ctx := context.Background()
+			rdb := redistest.Standalone(t, redistest.WithArgs("--maxmemory", "64mb", "--maxmemory-policy", policy)).Client(t)
+			var mu sync.Mutex
+			var reported []error
+			logs := &logCapture{}
+			seg := newSegmenterConfig(t, segmenter.Config{Namespace: redistest.Namespace(t), Client: rdb,
+				Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+				OnError: func(err error) {
+					mu.Lock()
+					reported = append(reported, err)
+					mu.Unlock()
+				}})
+			if _, err := seg.RegisterStream(ctx, "s", 1, 0); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			var evict []error
+			for _, err := range reported {
+				if errors.Is(err, segmenter.ErrEvictionPolicy) {
+					evict = append(evict, err)
+				}
+			}
+			logs.mu.Lock()
+			logged := logs.buf.Len() > 0
+			logs.mu.Unlock()
+			var warned []map[string]any
+			if logged {
+				warned = logs.records(t, "evict")
+			}
+			if policy == "noeviction" {
+				if len(evict) > 0 || len(warned) > 0 {
+					t.Fatalf("noeviction was reported: %v %v", evict, warned)
+				}
+				return
+			}
+			if len(evict) != 1 || !strings.Contains(evict[0].Error(), "allkeys-lru") {
+				t.Fatalf("OnError got %v, want ErrEvictionPolicy naming allkeys-lru once", evict)
+			}
+			if len(warned) != 1 || warned[0]["level"] != "WARN" || warned[0]["maxmemory_policy"] != "allkeys-lru" {
+				t.Fatalf("logged %v, want one warning with the policy", warned)
+			}
+		})
+	}
+}
+
+// replayedCall is a go-redis hook that loses the reply of a call that ran:
+// the next pipeline that match accepts runs in Redis, then between runs
+// (while the reply is lost); then, with again, the pipeline runs again, as
+// go-redis' own retry would, and the caller gets the second reply, else
+// the caller gets a connection error.
+type replayedCall struct {
+	match   func([]redis.Cmder) bool
+	between func()
+	again   bool
+	armed   atomic.Bool
+	played  atomic.Bool
+}
+
+var errReplyLost = errors.New("test: reply lost")
+
+func (h *replayedCall) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *replayedCall) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *replayedCall) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if !h.match(cmds) || !h.armed.CompareAndSwap(true, false) {
+			return next(ctx, cmds)
+		}
+		_ = next(ctx, cmds)
+		h.between()
+		h.played.Store(true)
+		if h.again {
+			return next(ctx, cmds)
+		}
+		for _, c := range cmds {
+			c.SetErr(errReplyLost)
+		}
+		return errReplyLost
+	}
+}
+
+// callsScript reports whether cmds hold a call of one of the SDK's scripts
+// (by its SHA-1 or its source) or a command named one of names.
+func callsScript(t *testing.T, scripts []string, names ...string) func([]redis.Cmder) bool {
+	var shas []string
+	for _, s := range scripts {
+		shas = append(shas, string(scriptMarker(t, s)))
+	}
+	return func(cmds []redis.Cmder) bool {
+		for _, c := range cmds {
+			for _, n := range names {
+				if strings.EqualFold(c.Name(), n) {
+					return true
+				}
+			}
+			if a := c.Args(); len(a) > 1 && slices.Contains(shas, fmt.Sprint(a[1])) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// A consumer's ack runs in Redis but its reply is lost, and the lease goes
+// to another consumer before the ack is sent again: the second run finds
+// the lease another's. The messages were acknowledged all the same (by the
+// first run): Ack must not report them fenced (they are not going to the
+// next owner); the ack's id in the lease tells the second run that the
+// first did the work, so Ack reports them acknowledged.
+func TestAckRetriedAfterTheLeaseMovedIsNotFenced(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	rdb := redistest.Client(t)
+	seg := newSegmenter(t, ns, rdb)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("A"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, st, nil, msg("k", "1"))
+	got := drainNoAck(t, a, nil, 1)
+	direct := redistest.Client(t)
+	lease := keyspace.New(ns).Lease("s", 0, "g")
+	h := &replayedCall{match: callsScript(t, []string{"ack", "ack_many"}, "xack"), between: func() {
+		// The partition's next owner takes the lease.
+		if err := direct.HSet(ctx, lease, "o", "B", "e", strconv.FormatInt(got[0].Epoch+1, 10)).Err(); err != nil {
+			t.Error(err)
+		}
+	}}
+	h.armed.Store(true)
+	rdb.AddHook(h)
+	err = a.Ack(ctx, got...)
+	if !h.played.Load() {
+		t.Fatal("the ack was not played twice: the test tested nothing")
+	}
+	if err != nil {
+		t.Fatalf("an ack that ran, sent again after the lease moved, returned %v: want acknowledged (not ErrFenced)", err)
+	}
+	n, err2 := direct.XPending(ctx, keyspace.New(ns).Partition("s", 0), "g").Result()
+	if err2 != nil || n.Count != 0 {
+		t.Fatalf("pending after the ack: %+v %v, want none", n, err2)
+	}
+	if s := a.Stats(); s.Fenced != 0 {
+		t.Fatalf("Stats().Fenced = %d after an ack that ran", s.Fenced)
+	}
+}
+
+// A consumer hands a partition over: its release runs in Redis, the reply
+// is lost, and the next owner takes the lease before go-redis sends the
+// release again (go-redis does: a release is idempotent). The partition was
+// handed over (revoked), not lost.
+func TestReleaseRetriedAfterTheNextOwnerTookTheLeaseIsAHandOver(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	rdb := redistest.Client(t)
+	seg := newSegmenter(t, ns, rdb)
+	if _, err := seg.RegisterStream(ctx, "s", 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var events []segmenter.PartitionEvent
+	a, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithConsumerName("A"),
+		segmenter.WithPartitionListener(func(e segmenter.PartitionEvent) {
+			mu.Lock()
+			events = append(events, e)
+			mu.Unlock()
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := a.Assignment()
+	direct := redistest.Client(t)
+	lease := keyspace.New(ns).Lease("s", 0, "g")
+	h := &replayedCall{match: callsScript(t, []string{"release"}), again: true, between: func() {
+		if err := direct.HSet(ctx, lease, "o", "B", "e", strconv.FormatInt(own[0].Epoch+1, 10)).Err(); err != nil {
+			t.Error(err)
+		}
+	}}
+	h.armed.Store(true)
+	rdb.AddHook(h)
+	if err := a.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !h.played.Load() {
+		t.Fatal("the release was not played twice: the test tested nothing")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, e := range events {
+		if e.Epoch == own[0].Epoch && e.Kind != segmenter.PartitionAssigned && e.Kind != segmenter.PartitionRevoked {
+			t.Errorf("a partition handed over, its release sent again after the next owner took it, was reported %v (%v)", e.Kind, e.Err)
+		}
+	}
+	if s := a.Stats(); s.Fenced != 0 {
+		t.Errorf("Stats().Fenced = %d after a hand-over", s.Fenced)
+	}
+}
+
+// failedCalls is a go-redis hook that fails, without sending them, the next
+// n pipelines that match accepts (a connection that broke before they left).
+type failedCalls struct {
+	match func([]redis.Cmder) bool
+	n     atomic.Int32
+}
+
+func (h *failedCalls) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *failedCalls) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *failedCalls) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if h.match(cmds) && h.n.Add(-1) >= 0 {
+			for _, c := range cmds {
+				c.SetErr(errReplyLost)
+			}
+			return errReplyLost
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// Run's ack of a handled message fails (the native ack and the scripts'
+// second try: Redis was away): Run sends it again, and the message is
+// acked, handled once. (Left in flight, it would be kept from coming due
+// for ever, and never acked.)
+func TestRunSendsAFailedAckAgain(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	rdb := redistest.Client(t)
+	h := &failedCalls{match: callsScript(t, []string{"ack", "ack_many"}, "xack")}
+	rdb.AddHook(h)
+	seg := newSegmenter(t, ns, rdb)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const maxProc = 300 * time.Millisecond
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 10, maxProc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.n.Store(2)
+	send(t, st, nil, msg("k", "1"))
+	var handled atomic.Int32
+	stop := runUntil(t, c, func(context.Context, *contracts.CMessage) error {
+		handled.Add(1)
+		return nil
+	})
+	direct := redistest.Client(t)
+	redistest.Eventually(t, 10*time.Second, func() bool {
+		n, err := direct.XPending(ctx, keyspace.New(ns).Partition("s", 0), "g").Result()
+		return err == nil && n.Count == 0 && handled.Load() > 0
+	}, "the message whose ack failed was never acked")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if h.n.Load() >= 0 {
+		t.Fatal("the acks did not fail: the test tested nothing")
+	}
+	if n := handled.Load(); n != 1 {
+		t.Fatalf("handled %d times, want once", n)
 	}
 }

@@ -8,8 +8,9 @@ import (
 
 // A Hook observes a consumer: metrics, tracing and audit logs are built on
 // hooks. A hook is any value that implements one or more of DeliverHook,
-// RedeliverHook, AckHook, HandlerHook, DeadLetterHook, PartitionHook and
-// RebalanceHook; the consumer calls the methods it implements. The same events come whether the application
+// RedeliverHook, AckHook, NackHook, HandlerHook, DeadLetterHook,
+// PartitionHook and RebalanceHook; the consumer calls the methods it
+// implements. The same events come whether the application
 // uses Run or Read and Ack. Hooks are called synchronously from the
 // consumer's goroutines, must return quickly and must not call the
 // consumer's methods. Unused hooks cost nothing.
@@ -39,6 +40,22 @@ type RedeliverEvent struct {
 // outcome and the start and end of the Redis call.
 type AckHook interface {
 	OnAck(AckEvent)
+}
+
+// NackHook observes the messages handed back to be delivered again at
+// once: by Consumer.Nack, or by Run (the messages it fetched and did not
+// start, when it stops or a partition's lease is no longer confirmed).
+// Messages of a partition no longer held are not handed back (their next
+// owner delivers them) and not reported.
+type NackHook interface {
+	OnNack(NackEvent)
+}
+
+// NackEvent is messages handed back, at At.
+type NackEvent struct {
+	Stream, Group, Consumer string
+	Messages                []*contracts.CMessage
+	At                      time.Time
 }
 
 // HandlerHook observes every call of a Run handler.
@@ -149,6 +166,7 @@ type hooks struct {
 	deliver    []DeliverHook
 	redeliver  []RedeliverHook
 	ack        []AckHook
+	nack       []NackHook
 	handler    []HandlerHook
 	deadLetter []DeadLetterHook
 	partition  []PartitionHook
@@ -166,6 +184,9 @@ func newHooks(hs []Hook) hooks {
 		}
 		if v, ok := x.(AckHook); ok {
 			h.ack = append(h.ack, v)
+		}
+		if v, ok := x.(NackHook); ok {
+			h.nack = append(h.nack, v)
 		}
 		if v, ok := x.(HandlerHook); ok {
 			h.handler = append(h.handler, v)

@@ -288,3 +288,54 @@ func TestRebalanceHookSeesEachNewAssignment(t *testing.T) {
 		}
 	}
 }
+
+// nackLog is a NackHook.
+type nackLog struct {
+	mu     sync.Mutex
+	events []segmenter.NackEvent
+}
+
+func (l *nackLog) OnNack(e segmenter.NackEvent) {
+	l.mu.Lock()
+	l.events = append(l.events, e)
+	l.mu.Unlock()
+}
+
+// A NackHook sees the messages Nack hands back, not those of a partition
+// the consumer no longer holds.
+func TestNackHookSeesMessagesHandedBack(t *testing.T) {
+	ctx := context.Background()
+	seg := newSegmenter(t, redistest.Namespace(t), nil)
+	st, err := seg.RegisterStream(ctx, "s", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &nackLog{}
+	c, err := seg.RegisterConsumer(ctx, "s", "g", 10, time.Minute, segmenter.WithHooks(log), segmenter.WithConsumerName("A"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(t, st, nil, msg("a", "1"), msg("a", "2"))
+	msgs := drainNoAck(t, c, nil, 2)
+	before := time.Now()
+	if err := c.Nack(msgs[1]); err != nil {
+		t.Fatal(err)
+	}
+	stale := &contracts.CMessage{Id: msgs[0].Id, Partition: msgs[0].Partition, Stream: msgs[0].Stream, Group: msgs[0].Group,
+		Epoch: msgs[0].Epoch - 1} // a delivery under an earlier lease: not ours to hand back
+	if err := c.Nack(stale); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ack(ctx, msgs[0]); err != nil {
+		t.Fatal(err)
+	}
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	if len(log.events) != 1 {
+		t.Fatalf("nack events %+v, want one", log.events)
+	}
+	e := log.events[0]
+	if e.Consumer != "A" || e.Stream != "s" || e.Group != "g" || len(e.Messages) != 1 || e.Messages[0].Id != msgs[1].Id || e.At.Before(before) {
+		t.Fatalf("nack event %+v, want %s handed back by A", e, msgs[1].Id)
+	}
+}

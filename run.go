@@ -683,34 +683,85 @@ func (r *runner) sendAcks(msgs []*contracts.CMessage) {
 }
 
 // acker acknowledges what the dispatcher hands it, all partitions in one
-// call; a failure leaves the messages to redelivery. It sends what is left
-// when stopped.
+// call. An ack of unknown outcome (Redis away) is sent again, BlockInterval
+// later, while the consumer holds the message's partition under its epoch:
+// the message stays in flight meanwhile (kept from coming due), and a
+// failure must not leave it unacked for ever. When stopped, it sends what
+// is left once: what fails then goes to the partition's next owner.
 func (r *runner) acker() {
+	var again []*contracts.CMessage
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
 	for {
 		stopping := false
 		select {
 		case <-r.ackKick:
+		case <-retry.C:
 		case <-r.ackStop:
 			stopping = true
 		}
 		r.ackMu.Lock()
-		msgs := r.ackSend
+		msgs := append(again, r.ackSend...)
 		r.ackSend = nil
 		if stopping { // the workers are done: what they handed over last
 			msgs = append(msgs, r.ackBuf...)
 			r.ackBuf = nil
 		}
 		r.ackMu.Unlock()
+		again = nil
 		if len(msgs) > 0 {
 			err := r.c.Ack(context.WithoutCancel(r.stop), msgs...)
-			if err != nil && !errors.Is(err, ErrFenced) && !errors.Is(err, ErrClosed) {
-				r.c.seg.reportError(err)
+			again = r.c.unknownAcks(msgs, err)
+			if len(again) > 0 && !stopping {
+				retry.Reset(r.c.seg.cfg.BlockInterval)
 			}
 		}
 		if stopping {
 			return
 		}
 	}
+}
+
+// unknownAcks reports the errors of err, Ack's of msgs, other than ErrFenced
+// and ErrClosed, and returns the messages whose ack failed with them (an
+// outcome Ack cannot know) and whose partition the consumer still holds
+// under their epoch.
+func (c *Consumer) unknownAcks(msgs []*contracts.CMessage, err error) []*contracts.CMessage {
+	if err == nil {
+		return nil
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	failed := make(map[int]bool)
+	var report []error
+	for _, e := range errs {
+		if errors.Is(e, ErrFenced) || errors.Is(e, ErrClosed) {
+			continue
+		}
+		report = append(report, e)
+		var pe *PartitionError
+		if errors.As(e, &pe) {
+			failed[pe.Partition] = true
+		}
+	}
+	if len(report) > 0 {
+		c.seg.reportError(errors.Join(report...))
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*contracts.CMessage
+	for _, m := range msgs {
+		if op, ok := c.parts[int(m.Partition)]; ok && failed[int(m.Partition)] && op.epoch == m.Epoch {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // finish waits for the workers: the handlers in flight finish within

@@ -162,6 +162,8 @@ type Segmenter struct {
 	keys      keyspace.Space
 	log       *slog.Logger
 
+	evictionOnce sync.Once // see checkEviction
+
 	mu        sync.Mutex
 	closed    bool
 	consumers map[*Consumer]struct{}
@@ -356,6 +358,7 @@ func (s *Segmenter) RegisterStream(ctx context.Context, name string, partitions 
 	if err := s.checkOpen(); err != nil {
 		return nil, err
 	}
+	s.checkEviction(ctx)
 	want := streamMeta{partitions: partitions, maxLen: maxLenPerPartition, partitioner: o.partitioner.Name(), retention: o.retention}
 	created, err := s.rdb.HSetNX(ctx, s.keys.Streams(), name, want.encode()).Result()
 	if err != nil {
@@ -424,6 +427,7 @@ func (s *Segmenter) lookupStream(ctx context.Context, name string) (streamMeta, 
 	if err := s.checkOpen(); err != nil {
 		return streamMeta{}, err
 	}
+	s.checkEviction(ctx)
 	return s.streamMeta(ctx, name)
 }
 

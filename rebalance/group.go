@@ -238,11 +238,14 @@ func ReadSnapshot(ctx context.Context, rdb redis.Cmdable, g Group) (Snapshot, er
 // another member got there first, or the caller's lock expired before its
 // commit: nothing was written.
 func Rebalance(ctx context.Context, rdb redis.Cmdable, g Group, token string, partitions int, lockTTL time.Duration) (gen int64, moved int, err error) {
-	ok, err := rdb.SetNX(ctx, g.Coordinator, token, lockTTL).Result()
+	var lb batch
+	lock := lb.add(lockScript, []string{g.Coordinator}, token, max(lockTTL.Milliseconds(), 1))
+	lb.exec(ctx, rdb)
+	taken, err := lock.cmd.Int64()
 	if err != nil {
 		return 0, 0, fmt.Errorf("rebalance: lock: %w", err)
 	}
-	if !ok {
+	if taken != 1 {
 		return 0, 0, ErrCoordinatorBusy
 	}
 	defer func() {

@@ -2,10 +2,11 @@ package rebalance
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -30,6 +31,10 @@ type Grant struct {
 type Held struct {
 	Key   string // the lease key
 	Epoch int64  // the epoch it was granted under
+	// Token identifies one release (Release only): every attempt of it
+	// passes the same token, so that an attempt made after one that ran
+	// (its reply lost) is known for what it is. Empty: a new one.
+	Token string
 }
 
 // Acquire asks for each lease key in one round trip, for ttl. A lease is
@@ -100,12 +105,21 @@ func Renew(ctx context.Context, rdb redis.Cmdable, owner string, ttl time.Durati
 }
 
 // Release frees each held lease in one round trip, keeping its epoch so the
-// next grant is greater. A lease that is no longer ours comes back Fenced.
+// next grant is greater.
+//
+// A release is idempotent: sent again with the same Held.Token (go-redis
+// sends it again by itself when a reply is lost), it succeeds again, also
+// after the next owner took the lease. A lease taken by another before the
+// release ran is Fenced: it was lost, not handed over.
 func Release(ctx context.Context, rdb redis.Cmdable, owner string, held []Held) []Outcome {
 	var b batch
 	calls := make([]*call, len(held))
 	for i, h := range held {
-		calls[i] = b.add(releaseScript, []string{h.Key}, owner, strconv.FormatInt(h.Epoch, 10))
+		token := h.Token
+		if token == "" {
+			token = newToken()
+		}
+		calls[i] = b.add(releaseScript, []string{h.Key}, owner, strconv.FormatInt(h.Epoch, 10), token)
 	}
 	b.exec(ctx, rdb)
 	out := make([]Outcome, len(held))
@@ -327,21 +341,21 @@ func ackWithID(ctx context.Context, rdb redis.Cmdable, owner, group, id string, 
 			return res
 		}
 		// A lease is not ours (the scripts say which), or the call failed
-		// (sent again: XACK is idempotent).
+		// (sent again: XACK is idempotent, and the ack's id tells whether
+		// the first run did the work).
 	}
 	return ackScripts(ctx, rdb, owner, group, id, reqs)
 }
 
-// newAckID returns an id for one Ack of owner, unique for this process
-// (owners are unique in their group) and across its restarts.
-func newAckID(owner string) string {
-	return owner + ":" + ackNonce + ":" + strconv.FormatUint(ackSeq.Add(1), 36)
-}
+// newAckID returns an id for one Ack of owner.
+func newAckID(owner string) string { return owner + ":" + newToken() }
 
-var (
-	ackNonce = strconv.FormatInt(time.Now().UnixNano(), 36)
-	ackSeq   atomic.Uint64
-)
+// newToken returns a random token identifying one call across its attempts.
+func newToken() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(b[:])
+}
 
 // ackScripts is Ack through the scripts, with the ack's id.
 func ackScripts(ctx context.Context, rdb redis.Cmdable, owner, group, ackID string, reqs []AckRequest) []AckResult {

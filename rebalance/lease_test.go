@@ -539,3 +539,72 @@ func TestAckSentAgainAfterTheLeaseMovedIsNotFenced(t *testing.T) {
 		}
 	})
 }
+
+// A release sent again with the same token (go-redis sends it again by
+// itself when its reply is lost) succeeds again, also once the next owner
+// took the lease, and frees nothing of the next owner's; another release
+// of a lease another holds is fenced, as is one of a lease that expired and
+// went to another consumer before it was released.
+func TestReleaseSentAgainSucceeds(t *testing.T) {
+	f := newFixture(t)
+	a := f.acquire(t, "A", time.Minute)
+	held := []rebalance.Held{{Key: f.lease, Epoch: a.Epoch, Token: "release-1"}}
+	if r := rebalance.Release(f.ctx, f.rdb, "A", held)[0]; r.Err != nil || r.Fenced {
+		t.Fatalf("release: %+v", r)
+	}
+	b := f.acquire(t, "B", time.Minute)
+	if !b.Granted {
+		t.Fatalf("B's acquire: %+v", b)
+	}
+	if r := rebalance.Release(f.ctx, f.rdb, "A", held)[0]; r.Err != nil || r.Fenced {
+		t.Fatalf("A's release sent again after B took the lease: %+v, want released", r)
+	}
+	if g := f.acquire(t, "C", time.Minute); g.Granted || g.Holder != "B" {
+		t.Fatalf("the release sent again freed B's lease: C got %+v", g)
+	}
+	if r := rebalance.Release(f.ctx, f.rdb, "A", []rebalance.Held{{Key: f.lease, Epoch: a.Epoch}})[0]; !r.Fenced {
+		t.Fatalf("another release of A's, B holding the lease: %+v, want fenced", r)
+	}
+	// B's lease expires and goes to C: B never released it.
+	if err := f.rdb.HSet(f.ctx, f.lease, "x", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if g := f.acquire(t, "C", time.Minute); !g.Granted {
+		t.Fatalf("C's acquire of an expired lease: %+v", g)
+	}
+	if r := rebalance.Release(f.ctx, f.rdb, "B", []rebalance.Held{{Key: f.lease, Epoch: b.Epoch, Token: "release-2"}})[0]; r.Err != nil || !r.Fenced {
+		t.Fatalf("B's release of a lease C took after it expired: %+v, want fenced", r)
+	}
+}
+
+// Messages claimed for redelivery far apart in a long pending list get
+// their own delivery count, each one (a count of 1 would hide a
+// redelivery, from WithMaxDeliveries too).
+func TestClaimedMessagesFarApartGetTheirDeliveryCounts(t *testing.T) {
+	bothPaths(t, testClaimedFarApart)
+}
+
+func testClaimedFarApart(t *testing.T) {
+	f := newFixture(t)
+	sent := f.add(t, 40)
+	a := f.acquire(t, "A", time.Minute)
+	if r := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 40}, time.Hour); len(r.Entries) != 40 {
+		t.Fatalf("first fetch: %d entries", len(r.Entries))
+	}
+	// The first and the last come due (idle an hour, delivered once); the
+	// 38 between are fresh.
+	for _, id := range []string{sent[0], sent[39]} {
+		if err := f.rdb.Do(f.ctx, "XCLAIM", f.stream, f.group, "A", 0, id, "IDLE", 3600000, "RETRYCOUNT", 1).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := f.fetch(t, "A", a.Epoch, rebalance.FetchRequest{Count: 10}, time.Minute)
+	if got := ids(r); len(got) != 2 || got[0] != sent[0] || got[1] != sent[39] {
+		t.Fatalf("claim of the due messages: %v, want %s and %s", got, sent[0], sent[39])
+	}
+	for _, id := range []string{sent[0], sent[39]} {
+		if n := r.Deliveries[id]; n != 2 {
+			t.Errorf("%s claimed with delivery count %d, want 2", id, n)
+		}
+	}
+}

@@ -37,9 +37,13 @@ import (
 // or acks under it, exactly as with the scripts. The guard is sent with
 // EVAL, not EVALSHA: a guard that did not run (NOSCRIPT after SCRIPT FLUSH)
 // would let the EXEC through unchecked. Every other reason a guard cannot
-// run also rejects the transaction: out of memory, the queued HSET (denied
-// under OOM) aborts it; BUSY, LOADING and READONLY refuse MULTI or the
-// queued commands too. When the EXEC is aborted or anything is unusual
+// run also rejects the transaction: out of memory, Redis refuses every
+// command queued in a MULTI, and the EXEC runs nothing (EXECABORT); BUSY,
+// LOADING and READONLY refuse MULTI or the queued commands too. Out of
+// memory the guard's own write is not refused (it first makes one that
+// uses no memory, see keep_going in prelude.lua), so a guard that fails a
+// check still aborts an EXEC that memory freed meanwhile would let run.
+// When the EXEC is aborted or anything is unusual
 // (a claim in progress, a redelivery due, a lost reply), the caller runs the
 // scripts, which handle every case.
 var (
@@ -255,6 +259,11 @@ func (t *nativeTx) parse(ctx context.Context, rdb redis.Cmdable) ([]FetchResult,
 	v, err := t.exec.Slice()
 	g, gerr := t.guard.Slice()
 	if err != nil {
+		if redis.HasErrorPrefix(err, "EXECABORT") {
+			// A queued command was refused (out of memory, Redis refuses
+			// every command queued in a MULTI): the EXEC ran nothing.
+			return nil, nil, errAborted
+		}
 		if !errors.Is(err, redis.Nil) {
 			return nil, nil, fmt.Errorf("%w: %v", errUnknown, err)
 		}
@@ -532,12 +541,15 @@ func ackNative(ctx context.Context, rdb redis.Cmdable, owner, group, ackID strin
 	for _, r := range reqs {
 		pipe.Do(ctx, xackArgs(group, r)...)
 	}
+	// An EXEC sent again by go-redis after its reply was lost finds the
+	// lease moved on, or the ack done: the scripts then tell which, by the
+	// ack's id.
 	exec := pipe.Do(ctx, "EXEC")
 	_, _ = pipe.Exec(ctx)
 	v, err := exec.Slice()
 	if err != nil {
-		if errors.Is(err, redis.Nil) {
-			return nil, errAborted
+		if errors.Is(err, redis.Nil) || redis.HasErrorPrefix(err, "EXECABORT") {
+			return nil, errAborted // the EXEC ran nothing
 		}
 		return nil, err
 	}

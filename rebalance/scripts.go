@@ -42,6 +42,7 @@ var (
 	snapshotScript  = load("snapshot")
 	commitScript    = load("commit")
 	leaveScript     = load("leave")
+	lockScript      = load("lock")
 	unlockScript    = load("unlock")
 
 	trimScript, retentionScript = load("trim"), load("retention") // retention.go

@@ -127,6 +127,20 @@ const never = int64(1) << 62
 // ran in Redis, within their [Start, End] intervals widened by opts.Slack.
 func Check(events []Event, opts Options) error {
 	c := newChecker(events, opts)
+	c.run()
+	return c.err()
+}
+
+// Violations is Check returning every violation found (none: nil), neither
+// joined nor capped, for tools that count them.
+func Violations(events []Event, opts Options) []*Violation {
+	c := newChecker(events, opts)
+	c.run()
+	return c.viol
+}
+
+// run checks every invariant, collecting the violations in c.viol.
+func (c *checker) run() {
 	for _, pt := range c.parts {
 		for _, u := range c.units(pt) {
 			c.checkBatchOrder(u)
@@ -140,7 +154,6 @@ func Check(events []Event, opts Options) error {
 		c.checkDuplicates(pt)
 		c.checkMessages(pt)
 	}
-	return c.err()
 }
 
 // streamID is a parsed stream entry ID.

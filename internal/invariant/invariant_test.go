@@ -1196,17 +1196,47 @@ func TestSummary(t *testing.T) {
 	b.ackStarted("a", 1, 700, 0, "2-0")
 	s := Summarize(b.evs)
 	want := Summary{Events: len(b.evs), Sent: 3, Delivered: 6, Messages: 3, Redelivered: 3, RedeliveredAfterHandover: 1,
-		RedeliveredAfterTimeout: 2, FirstRedelivered: 1, Acked: 2, AckUnknown: 1, Consumers: []string{"a", "b"},
+		RedeliveredAfterTimeout: 2, FirstRedelivered: 1, Duplicated: 3, MaxDeliveries: 3, Acked: 2, AckUnknown: 1, Consumers: []string{"a", "b"},
 		Partitions: []PartitionSummary{{Partition: 0, Messages: 3, Epochs: []EpochSummary{
 			{Epoch: 1, Consumers: []string{"a"}, Delivered: 4}, {Epoch: 2, Consumers: []string{"b"}, Delivered: 2}}}}}
 	if fmt.Sprint(s) != fmt.Sprint(want) {
 		t.Errorf("got  %+v\nwant %+v", s, want)
 	}
 	str := s.String()
-	for _, sub := range []string{"3 redeliveries (1 after an ownership change, 2 after a timeout)", "partition 0: 3 messages delivered; epochs: 1 a (4 deliveries) 2 b (2 deliveries)"} {
+	for _, sub := range []string{"3 redeliveries (1 after an ownership change, 2 after a timeout)", "3 messages delivered more than once, at most 3 times", "partition 0: 3 messages delivered; epochs: 1 a (4 deliveries) 2 b (2 deliveries)"} {
 		if !strings.Contains(str, sub) {
 			t.Errorf("summary does not contain %q:\n%s", sub, str)
 		}
+	}
+}
+
+// Violations returns every violation Check reports, uncapped: 30 messages
+// never delivered are 30 loss violations, where Check's error lists 20.
+func TestViolationsAreEveryOneCheckFinds(t *testing.T) {
+	var b logb
+	ids := make([]string, 30)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%d-0", i+1)
+	}
+	b.sent(0, ids...)
+	vs := Violations(b.evs, Options{})
+	if len(vs) != 30 {
+		t.Fatalf("%d violations, want 30", len(vs))
+	}
+	for _, v := range vs {
+		if v.Invariant != Loss {
+			t.Fatalf("violation %v, want loss", v)
+		}
+	}
+	err := Check(b.evs, Options{})
+	if err == nil || !strings.Contains(err.Error(), "30 violations (loss 30)") || !strings.Contains(err.Error(), "10 more violations not shown") {
+		t.Fatalf("Check: %v", err)
+	}
+	b = logb{}
+	b.sent(0, "1-0")
+	b.read("a", 1, 0, 1, d(0, "1-0", 1))
+	if vs := Violations(b.evs, Options{}); vs != nil {
+		t.Fatalf("a clean log: %v", vs)
 	}
 }
 

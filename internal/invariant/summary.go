@@ -24,15 +24,21 @@ type Summary struct {
 	// FirstRedelivered counts the messages whose first logged delivery had
 	// a delivery count above 1: an earlier delivery never reached the log.
 	FirstRedelivered int
-	Acked            int // distinct messages acked successfully
-	AckFenced        int // messages of fenced acks
-	AckUnknown       int // messages of acks of unknown outcome, unfinished ones included
-	Nacked           int // messages of nacks
-	ReadErrors       int // failed reads
-	HandlerCalls     int // calls of Run handlers
-	HandlerFailures  int // of which failed
-	Consumers        []string
-	Partitions       []PartitionSummary
+	// Duplicated counts the messages delivered more than once (by the
+	// deliveries logged, or a first logged delivery count above 1);
+	// MaxDeliveries is the most deliveries of one message (by count or
+	// by the log, whichever is higher).
+	Duplicated      int
+	MaxDeliveries   int
+	Acked           int // distinct messages acked successfully
+	AckFenced       int // messages of fenced acks
+	AckUnknown      int // messages of acks of unknown outcome, unfinished ones included
+	Nacked          int // messages of nacks
+	ReadErrors      int // failed reads
+	HandlerCalls    int // calls of Run handlers
+	HandlerFailures int // of which failed
+	Consumers       []string
+	Partitions      []PartitionSummary
 }
 
 // PartitionSummary is the part of a Summary about one partition.
@@ -91,6 +97,14 @@ func Summarize(events []Event) Summary {
 				if m.dels[0].DeliveryCount > 1 {
 					s.FirstRedelivered++
 				}
+				most := len(m.dels)
+				for _, d := range m.dels {
+					most = max(most, int(d.DeliveryCount))
+				}
+				if most > 1 {
+					s.Duplicated++
+				}
+				s.MaxDeliveries = max(s.MaxDeliveries, most)
 			}
 			for i, d := range m.dels {
 				s.Delivered++
@@ -149,6 +163,9 @@ func (s Summary) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d events (%d malformed): %d messages sent, %d delivered; %d deliveries, %d redeliveries (%d after an ownership change, %d after a timeout), %d messages first seen redelivered\n",
 		s.Events, s.Malformed, s.Sent, s.Messages, s.Delivered, s.Redelivered, s.RedeliveredAfterHandover, s.RedeliveredAfterTimeout, s.FirstRedelivered)
+	if s.Duplicated > 0 {
+		fmt.Fprintf(&b, "%d messages delivered more than once, at most %d times\n", s.Duplicated, s.MaxDeliveries)
+	}
 	fmt.Fprintf(&b, "%d messages acked; %d fenced and %d unknown ack outcomes; %d nacked; %d read errors\n", s.Acked, s.AckFenced, s.AckUnknown, s.Nacked, s.ReadErrors)
 	if s.HandlerCalls > 0 {
 		fmt.Fprintf(&b, "%d handler calls, %d failed\n", s.HandlerCalls, s.HandlerFailures)

@@ -8,7 +8,7 @@
 //	seg:{N}:streams                 hash   S -> stream metadata ("v1|partitions|maxlen|partitioner", then "|acked" for RetentionAcked)
 //	seg:{N}:groups:S                set    the groups registered on S
 //	seg:{N:S:i}:p                   stream the entries of partition i
-//	seg:{N:S:i}:lease:G             hash   lease of partition i for group G: o owner, e epoch, x expiry (ms, server time), r last fetch id, u unread messages lost to trimming already reported
+//	seg:{N:S:i}:lease:G             hash   lease of partition i for group G: o owner, e epoch, x expiry (ms, server time), r last fetch id, ro and re the owner and epoch of the last release, u unread messages lost to trimming already reported
 //	seg:{N:S:i}:dlq:G               stream group G's dead letters from partition i: the original entry's fields plus dlq.id, dlq.reason, dlq.deliveries, dlq.group, dlq.at
 //	seg:{N:S:G}:members             zset   members of group G, scored by session expiry (ms, server time)
 //	seg:{N:S:G}:assign              hash   the group's assignment: gen, and member -> partitions (m:<member>), member -> last heartbeat (hb:<member>, ms, server time)

@@ -638,6 +638,14 @@ func (cl *procCluster) destroy(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+func (cl *procCluster) freeze(ctx context.Context, thaw bool) error {
+	var errs []error
+	for _, n := range cl.nodes {
+		errs = append(errs, n.freeze(ctx, thaw))
+	}
+	return errors.Join(errs...)
+}
+
 func (cl *procCluster) info() Info {
 	return Info{Addr: cl.nodes[0].addr(), Backend: BackendProcess, Detail: "cluster"}
 }

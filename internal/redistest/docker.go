@@ -803,6 +803,25 @@ func (d *dockerServer) stop(ctx context.Context, kill bool) error {
 	return nil
 }
 
+func (d *dockerServer) freeze(ctx context.Context, thaw bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.running {
+		return errors.New("the container is not running")
+	}
+	defer idle(d.pool)
+	sig := dc.SIGSTOP
+	if thaw {
+		sig = dc.SIGCONT
+	}
+	// The signal goes to the container's process 1, redis-server; from
+	// outside its PID namespace SIGSTOP cannot be ignored.
+	if err := d.pool.Client.KillContainer(dc.KillContainerOptions{ID: d.id, Signal: sig, Context: ctx}); err != nil {
+		return fmt.Errorf("signalling container %s: %w", d.name, err)
+	}
+	return nil
+}
+
 func (d *dockerServer) destroy(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -230,7 +230,21 @@ func (p *procServer) haltLocked(kill bool) error {
 	return nil
 }
 
+func (p *procServer) freeze(_ context.Context, thaw bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return errors.New("the server is not running")
+	}
+	sig := stopSignal
+	if thaw {
+		sig = continueSignal
+	}
+	return p.cmd.Process.Signal(sig)
+}
+
 func (p *procServer) destroy(ctx context.Context) error {
+	_ = p.freeze(ctx, true) // a frozen process would not stop
 	err := p.stop(ctx, false)
 	if rmErr := os.RemoveAll(p.dir); rmErr != nil && err == nil {
 		err = rmErr

@@ -130,6 +130,9 @@ type server interface {
 	stop(ctx context.Context, kill bool) error
 	// destroy stops the server and releases everything it owns.
 	destroy(ctx context.Context) error
+	// freeze stops the running server's process (SIGSTOP) or, with thaw,
+	// lets it go on (SIGCONT).
+	freeze(ctx context.Context, thaw bool) error
 	info() Info
 }
 

@@ -250,6 +250,29 @@ func exerciseStandalone(t *testing.T, inst *Instance) {
 	if got, err := c.MGet(ctx, ns+":a", ns+":b").Result(); err != nil || fmt.Sprint(got) != "[1 2]" {
 		t.Fatalf("after Stop+Start: MGET = %v, %v", got, err)
 	}
+
+	// A frozen server keeps its connections and answers nothing until
+	// thawed; then the command waiting on it gets its answer.
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	inst.Freeze()
+	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	r := bufio.NewReader(conn)
+	if line, err := r.ReadString('\n'); err == nil {
+		t.Fatalf("a frozen server answered %q", line)
+	}
+	inst.Thaw()
+	inst.Thaw() // no-op
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if line, err := r.ReadString('\n'); err != nil || line != "+PONG\r\n" {
+		t.Fatalf("after Thaw, the PING sent while frozen got %q, %v", line, err)
+	}
 }
 
 // rawPing pings addr over a fresh connection (a go-redis client would retry

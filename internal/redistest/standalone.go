@@ -129,3 +129,18 @@ func (i *Instance) Start() {
 	i.t.Helper()
 	i.do("starting", func(ctx context.Context) error { return i.srv.start(ctx) })
 }
+
+// Freeze stops the server's process with SIGSTOP, as a stalled host or a
+// long pause of the process would: its connections stay open and the
+// clients' commands wait, unanswered, until Thaw. It returns at once.
+func (i *Instance) Freeze() {
+	i.t.Helper()
+	i.do("freezing", func(ctx context.Context) error { return i.srv.freeze(ctx, false) })
+}
+
+// Thaw lets a frozen server go on (SIGCONT). Thawing a server that is not
+// frozen does nothing.
+func (i *Instance) Thaw() {
+	i.t.Helper()
+	i.do("thawing", func(ctx context.Context) error { return i.srv.freeze(ctx, true) })
+}

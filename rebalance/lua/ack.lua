@@ -5,6 +5,7 @@
 -- acknowledged the messages and whose reply was lost (go-redis retries it,
 -- and so does the SDK after a failed native ack), so it is not fenced.
 -- Reply: {1, acked} | {0} fenced.
+keep_going(KEYS[1])
 local l = redis.call('HMGET', KEYS[1], 'o', 'e')
 if l[1] ~= ARGV[1] or l[2] ~= ARGV[2] then
   if redis.call('HGET', KEYS[1], 'k' .. ARGV[2]) == ARGV[4] then return {1, 0} end

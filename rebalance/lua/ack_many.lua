@@ -5,6 +5,7 @@
 -- partition whose lease moved on but holds this id was acknowledged by an
 -- earlier run of this ack.
 -- Reply: per partition {1, acked} | {0} fenced, in the order of KEYS.
+keep_going(KEYS[1])
 local owner, group, id = ARGV[1], ARGV[2], ARGV[3]
 local out, a = {}, 4
 for k = 1, #KEYS, 2 do

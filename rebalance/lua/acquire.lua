@@ -5,6 +5,7 @@
 -- or failover that lost the lease hash (as long as the server clock does not
 -- go back).
 -- Reply: {1, owner, epoch, ttl_ms} granted | {0, holder, epoch, remaining_ms} held by another.
+keep_going(KEYS[1])
 local now = now_ms()
 local l = redis.call('HMGET', KEYS[1], 'o', 'e', 'x')
 local holder, epoch, exp = l[1], tonumber(l[2]) or 0, tonumber(l[3]) or 0

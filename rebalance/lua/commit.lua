@@ -7,6 +7,7 @@
 -- stays, so the next heartbeat asks again.
 -- Reply: {1, new_gen} | {0, current_gen} | {0, current_gen, 'lock'} when
 -- the lock is not (or no longer) the caller's.
+keep_going(KEYS[1])
 local gen = redis.call('HGET', KEYS[2], 'gen') or '0'
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {0, gen, 'lock'} end
 if gen ~= ARGV[2] then return {0, gen} end

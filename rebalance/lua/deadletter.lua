@@ -12,6 +12,7 @@
 -- gone from the stream (trimmed by retention) is only acknowledged.
 -- Reply: {0} fenced | {1, dead_letter_id} moved | {2} not pending |
 --        {3} trimmed: acknowledged only.
+keep_going(KEYS[1])
 local l = redis.call('HMGET', KEYS[1], 'o', 'e')
 if l[1] ~= ARGV[1] or l[2] ~= ARGV[2] then return {0} end
 local group, id = ARGV[3], ARGV[4]

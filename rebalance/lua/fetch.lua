@@ -18,6 +18,7 @@
 --   processing, 0 otherwise.
 -- An entry meant for another group only (a dead letter re-driven for it, see
 -- for_other) is acknowledged for this group and left out.
+keep_going(KEYS[1])
 local l = redis.call('HMGET', KEYS[1], 'o', 'e', 'r')
 if l[1] ~= ARGV[1] or l[2] ~= ARGV[2] then return {0} end
 local me, group, count = ARGV[1], ARGV[3], tonumber(ARGV[4])
@@ -108,11 +109,13 @@ if cursor ~= '' then
       if name ~= me and pending == 0 then redis.call('XGROUP', 'DELCONSUMER', KEYS[2], group, name) end
     end
   end
-  if #entries > 0 then
-    local first, last = entries[1][1], entries[#entries][1]
-    local pend = redis.call('XPENDING', KEYS[2], group, first, last, #entries * 2 + 10, me)
-    for _, p in ipairs(pend) do
-      table.insert(counts, p[1]); table.insert(counts, p[4])
+  -- Each claimed entry's own delivery count: the claimed ones can lie far
+  -- apart in the pending list (those due for redelivery), with any number
+  -- of the caller's other pending entries between them.
+  for _, e in ipairs(entries) do
+    local p = redis.call('XPENDING', KEYS[2], group, e[1], e[1], 1, me)
+    if p[1] then
+      table.insert(counts, p[1][1]); table.insert(counts, p[1][4])
     end
   end
 end

@@ -7,6 +7,9 @@
 for i = 1, #KEYS do
   local l = redis.pcall('HMGET', KEYS[i], 'o', 'e')
   if type(l) ~= 'table' or l.err or l[1] ~= ARGV[1] or l[2] ~= ARGV[1 + i] then
+    -- A write that uses no memory first: out of memory (maxmemory,
+    -- noeviction) the HSET is then not refused (see keep_going in prelude.lua).
+    redis.pcall('HDEL', KEYS[i], '-')
     redis.pcall('HSET', KEYS[i], 'w', '1')
     return {0, i}
   end

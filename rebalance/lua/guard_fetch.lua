@@ -31,6 +31,9 @@ for i = 1, n do
     if type(p) ~= 'table' or p.err then why = 'error' elseif #p > 0 then why = 'due' end
   end
   if why then
+    -- A write that uses no memory first: out of memory (maxmemory,
+    -- noeviction) the HSET is then not refused (see keep_going in prelude.lua).
+    redis.pcall('HDEL', KEYS[i], '-')
     redis.pcall('HSET', KEYS[i], 'w', '1')
     return {0, i, why}
   end

@@ -21,6 +21,7 @@
 -- A rebalance is needed when this member is not in the assignment (it just
 -- joined, or was evicted), when a member's session expired, or when a member
 -- left.
+keep_going(KEYS[1])
 local now = now_ms()
 local renewed = {}
 local until_ms = fmt(now + tonumber(ARGV[2]))

@@ -93,7 +93,10 @@ end
 if known == 1 and report then
   local done = tonumber(redis.call('HGET', report, 'u')) or 0
   if lost > done then new = lost - done end
-  if lost ~= done then redis.call('HSET', report, 'u', string.format('%d', lost)) end
+  if lost ~= done then
+    keep_going(report)
+    redis.call('HSET', report, 'u', string.format('%d', lost))
+  end
 end
 return {known, lost, new, pos, first, max_deleted}
 end

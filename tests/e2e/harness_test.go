@@ -172,7 +172,8 @@ func (l lazy) String() string { return l() }
 type producer struct {
 	st      *segmenter.Stream
 	rec     *invariant.Recorder
-	sent    atomic.Int64
+	sent    atomic.Int64 // messages sent (and recorded)
+	failed  atomic.Int64 // batches that failed (tolerated)
 	retries atomic.Int64 // batches sent again after a failure
 	// unknown counts the messages of failed sends that were sent again:
 	// Redis may have appended them the first time too (a lost reply), and
@@ -187,7 +188,7 @@ type producer struct {
 // keys ("k0".."k<keys-1>", each key's messages numbered in order), until
 // total were sent (0: until stopped).
 func (e *env) startProducer(st *segmenter.Stream, keys, total, batch int, interval time.Duration) *producer {
-	return e.startProducerOpts(st, keys, total, batch, interval, false)
+	return e.startProducerWith(st, producerOpts{keys: keys, total: total, batch: batch, interval: interval})
 }
 
 // startRetryingProducer is startProducer with a producer that retries a
@@ -195,11 +196,35 @@ func (e *env) startProducer(st *segmenter.Stream, keys, total, batch int, interv
 // messages of a failed attempt that Redis did append are in no log, and
 // the retry appends them again, later.
 func (e *env) startRetryingProducer(st *segmenter.Stream, keys, total, batch int, interval time.Duration) *producer {
-	return e.startProducerOpts(st, keys, total, batch, interval, true)
+	return e.startProducerWith(st, producerOpts{keys: keys, total: total, batch: batch, interval: interval, retry: true})
 }
 
-func (e *env) startProducerOpts(st *segmenter.Stream, keys, total, batch int, interval time.Duration, retry bool) *producer {
+// startPaddedProducer is startProducer with pad bytes more in each
+// message's data (after its number and a space).
+func (e *env) startPaddedProducer(st *segmenter.Stream, keys, total, batch int, interval time.Duration, pad int) *producer {
+	return e.startProducerWith(st, producerOpts{keys: keys, total: total, batch: batch, interval: interval, pad: pad})
+}
+
+// producerOpts configures startProducerWith (see startProducer).
+type producerOpts struct {
+	keys, total, batch int
+	interval           time.Duration
+	pad                int // bytes added to each message's data
+	// tolerate: a failed send (Redis away) is counted in failed and the
+	// producer goes on with the next batch. The failed batch is not
+	// recorded as sent: its messages may or may not be in the stream.
+	tolerate bool
+	// retry: a failed send is sent again (see startRetryingProducer).
+	retry bool
+}
+
+func (e *env) startProducerWith(st *segmenter.Stream, o producerOpts) *producer {
+	keys, total, batch, interval := o.keys, o.total, o.batch, o.interval
 	p := &producer{st: st, rec: invariant.NewRecorder(), stopC: make(chan struct{}), done: make(chan struct{})}
+	padding := ""
+	if o.pad > 0 {
+		padding = " " + strings.Repeat("x", o.pad)
+	}
 	go func() {
 		defer close(p.done)
 		tick := time.NewTicker(interval)
@@ -213,17 +238,17 @@ func (e *env) startProducerOpts(st *segmenter.Stream, keys, total, batch int, in
 			msgs := make([]*contracts.PMessage, n)
 			for j := range msgs {
 				k := i + j
-				msgs[j] = &contracts.PMessage{PartitionKey: "k" + strconv.Itoa(k%keys), Data: []byte(strconv.Itoa(k / keys))}
+				msgs[j] = &contracts.PMessage{PartitionKey: "k" + strconv.Itoa(k%keys), Data: []byte(strconv.Itoa(k/keys) + padding)}
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			ids, err := st.SendBatch(ctx, msgs)
 			cancel()
-			for err != nil && retry {
+			for err != nil && o.retry {
 				// The messages Redis acknowledged are sent; the others may
 				// or may not be there (a lost reply): sent again.
 				var again []*contracts.PMessage
 				for j, m := range msgs {
-					if ids[j] != "" {
+					if ids != nil && ids[j] != "" {
 						p.rec.Sent(ids[j], st.PartitionOf(m.PartitionKey), m.PartitionKey)
 					} else {
 						again = append(again, m)
@@ -242,15 +267,23 @@ func (e *env) startProducerOpts(st *segmenter.Stream, keys, total, batch int, in
 				ids, err = st.SendBatch(ctx, msgs)
 				cancel()
 			}
-			if err != nil {
+			switch {
+			case err != nil && o.tolerate:
+				p.failed.Add(1)
+				ids = nil
+			case err != nil:
 				p.err = err
 				return
 			}
 			for j, m := range msgs {
-				p.rec.Sent(ids[j], st.PartitionOf(m.PartitionKey), m.PartitionKey)
+				if ids != nil {
+					p.rec.Sent(ids[j], st.PartitionOf(m.PartitionKey), m.PartitionKey)
+				}
 			}
 			i += n
-			p.sent.Add(int64(len(msgs)))
+			if ids != nil {
+				p.sent.Add(int64(len(msgs)))
+			}
 			select {
 			case <-p.stopC:
 				return

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/segmenter/segmenter/internal/invariant"
 	"github.com/segmenter/segmenter/internal/redistest"
 )
 
@@ -46,5 +47,6 @@ func TestRedisCrashWithAOF(t *testing.T) {
 	after.stop(t)
 	e.waitAllAcked(st, defaultGroup)
 	stopAll(t, ws...)
-	e.check(st.Name(), defaultGroup, 10*time.Second, before, after)
+	evs := e.check(st.Name(), defaultGroup, 10*time.Second, before, after)
+	e.logFigures(evs, invariant.Options{MaxProcessingTime: 10 * time.Second}, ws, nil, nil)
 }

@@ -133,6 +133,8 @@ func TestCrashTakeover(t *testing.T) {
 	stopAll(t, w1, w3)
 	evs := e.check(st.Name(), defaultGroup, 10*time.Second, prod)
 	checkPendingFirst(t, evs, "w2", pending, victimEpoch)
+	e.logFigures(evs, invariant.Options{MaxProcessingTime: 10 * time.Second}, []*worker{w1, victim, w3},
+		takeovers(st.Name(), victimEpoch, start, w1, w3), nil)
 }
 
 // A consumer is frozen (SIGSTOP) holding unacked messages, past its session
@@ -196,6 +198,7 @@ func TestZombieIsFenced(t *testing.T) {
 	e.waitAllAcked(st, defaultGroup)
 	stopAll(t, w1, zombie, w3)
 	evs := e.check(st.Name(), defaultGroup, 10*time.Second, prod)
+	e.logFigures(evs, invariant.Options{MaxProcessingTime: 10 * time.Second}, []*worker{w1, zombie, w3}, nil, nil)
 	// Nothing the zombie started under its old epochs after it resumed
 	// succeeded: the others held those partitions by then.
 	for _, ev := range evs {

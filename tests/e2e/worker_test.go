@@ -43,6 +43,15 @@ type workerOpts struct {
 	// number is a multiple of failEvery, failTimes times each.
 	failKey              string
 	failEvery, failTimes int
+	// failHow is how such a call fails: "error" (the default), "panic" or
+	// "sleep" (failSleep, then it succeeds; read mode: the batch is acked
+	// that much later).
+	failHow   string
+	failSleep time.Duration
+
+	// redisURL is the Redis the worker connects to ("": the env's server),
+	// e.g. a faultProxy's URL.
+	redisURL string
 }
 
 // partEvent is an "assigned", "revoked" or "lost" line of a worker.
@@ -70,6 +79,7 @@ type worker struct {
 	streams []string
 	logPath string // with {stream}
 	errPath string
+	sdkPath string // the SDK's own log
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	waitErr error // set before exited is closed
@@ -82,6 +92,9 @@ type worker struct {
 	fenced       []string
 	partEvents   []partEvent
 	shutdownDone bool
+	stats        map[string]map[string]uint64 // by stream: the last "stats" line
+	bgErrors     []string
+	errLines     []string // "error" lines
 }
 
 // startWorker starts a worker process of e's namespace. It is killed (if
@@ -129,7 +142,9 @@ func (e *env) startWorker(o workerOpts) *worker {
 		streams: o.streams,
 		logPath: filepath.Join(e.dir, o.group+"."+o.name+".{stream}.jsonl"),
 		errPath: filepath.Join(e.dir, o.group+"."+o.name+".stderr"),
+		sdkPath: filepath.Join(e.dir, o.group+"."+o.name+".sdk.jsonl"),
 		exited:  make(chan struct{}),
+		stats:   make(map[string]map[string]uint64),
 		owned:   make(map[string][]int),
 		ready:   make(map[string]bool),
 	}
@@ -137,8 +152,13 @@ func (e *env) startWorker(o workerOpts) *worker {
 	if err != nil {
 		t.Fatal(err)
 	}
+	url := e.url
+	if o.redisURL != "" {
+		url = o.redisURL
+	}
 	w.cmd = exec.Command(workerBinary(t),
-		"-redis", e.url,
+		"-redis", url,
+		"-sdk-log", w.sdkPath,
 		"-namespace", e.ns,
 		"-stream", strings.Join(o.streams, ","),
 		"-group", o.group,
@@ -162,6 +182,12 @@ func (e *env) startWorker(o workerOpts) *worker {
 	}
 	if o.failKey != "" {
 		w.cmd.Args = append(w.cmd.Args, "-fail-key", o.failKey, "-fail-every", strconv.Itoa(o.failEvery), "-fail-times", strconv.Itoa(o.failTimes))
+		if o.failHow != "" {
+			w.cmd.Args = append(w.cmd.Args, "-fail-how", o.failHow)
+		}
+		if o.failSleep > 0 {
+			w.cmd.Args = append(w.cmd.Args, "-fail-sleep", o.failSleep.String())
+		}
 	}
 	w.cmd.Stderr = stderr
 	// A race-enabled binary sleeps 1s at exit by default: it would show in
@@ -195,8 +221,19 @@ func (e *env) startWorker(o workerOpts) *worker {
 			}
 		}
 		if t.Failed() {
+			if d := os.Getenv("E2E_LOG_DIR"); d != "" {
+				base := filepath.Join(d, strings.NewReplacer("/", "_").Replace(t.Name())+"."+w.name)
+				_ = os.WriteFile(base+".stdout", []byte(w.tail(1<<30)+"\n"), 0o644)
+				if b, err := os.ReadFile(w.sdkPath); err == nil {
+					_ = os.WriteFile(base+".sdk.jsonl", b, 0o644)
+				}
+				if b, err := os.ReadFile(w.errPath); err == nil {
+					_ = os.WriteFile(base+".stderr", b, 0o644)
+				}
+			}
 			t.Logf("worker %s stdout (last 40 lines):\n%s", w.name, w.tail(40))
 			t.Logf("worker %s stderr (last 4000 bytes):\n%s", w.name, w.stderrTail(4000))
+			t.Logf("worker %s SDK log (last 4000 bytes):\n%s", w.name, tailFile(w.sdkPath, 4000))
 		}
 	})
 	return w
@@ -228,6 +265,21 @@ func (w *worker) parse(line string) {
 		}
 	case "fenced":
 		w.fenced = append(w.fenced, line)
+	case "error":
+		w.errLines = append(w.errLines, line)
+	case "bgerror":
+		w.bgErrors = append(w.bgErrors, strings.TrimPrefix(line, "bgerror "))
+	case "stats":
+		if len(f) >= 2 {
+			st := make(map[string]uint64)
+			for _, kv := range f[2:] {
+				k, v, ok := strings.Cut(kv, "=")
+				if n, err := strconv.ParseUint(v, 10, 64); ok && err == nil {
+					st[k] = n
+				}
+			}
+			w.stats[f[1]] = st
+		}
 	case "assigned", "revoked", "lost":
 		if len(f) >= 4 {
 			p, err1 := strconv.Atoi(f[2])
@@ -290,6 +342,20 @@ func (w *worker) FencedOps(stream string) map[string]bool {
 		}
 	}
 	return ops
+}
+
+// partitionsFenced counts the partitions the worker reported lost with
+// ErrFenced (a read, ack, renewal or release found the lease another's).
+func (w *worker) partitionsFenced() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, l := range w.lines {
+		if strings.HasPrefix(l, "lost ") && strings.Contains(l, "(fenced)") {
+			n++
+		}
+	}
+	return n
 }
 
 // PartitionEvents returns the partition events printed so far.
@@ -358,12 +424,44 @@ func (w *worker) tail(n int) string {
 	return strings.Join(w.lines[max(0, len(w.lines)-n):], "\n")
 }
 
-func (w *worker) stderrTail(n int) string {
-	b, err := os.ReadFile(w.errPath)
+func (w *worker) stderrTail(n int) string { return tailFile(w.errPath, n) }
+
+// tailFile returns the last n bytes of the file at path.
+func tailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()
 	}
 	return string(b[max(0, len(b)-n):])
+}
+
+// Stats returns the worker's last "stats" line of stream (counter name ->
+// value; nil before the first).
+func (w *worker) Stats(stream string) map[string]uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.stats[stream]
+}
+
+// BackgroundErrors returns the errors the worker's OnError got so far.
+func (w *worker) BackgroundErrors() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.bgErrors)
+}
+
+// ErrorLines returns the worker's "error" lines so far (Read or Ack
+// errors other than ErrFenced).
+func (w *worker) ErrorLines() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.errLines)
+}
+
+// sdkLog returns the SDK's log of the worker so far.
+func (w *worker) sdkLog() string {
+	b, _ := os.ReadFile(w.sdkPath)
+	return string(b)
 }
 
 func (w *worker) hasExited() bool {

@@ -12,7 +12,8 @@
 // message whose handler succeeded is logged as an ack in flight until the
 // AckHook reports it, so that a kill in between counts as an ack that may
 // have run. Failed reads are logged too (Read's errors; in the Run modes
-// every partition error reported to Config.OnError), and Nacks.
+// every partition error reported to Config.OnError), and Nacks (in the Run
+// modes, from the NackHook: the messages Run hands back).
 //
 // It prints one line to stdout for each thing a test may wait for:
 //
@@ -22,8 +23,15 @@
 //	got STREAM P EPOCH UNIXNANO      the first delivery of partition P under EPOCH
 //	fenced STREAM OP ERR             Read or Ack returned ErrFenced
 //	error STREAM OP ERR              Read or Ack returned another error
+//	bgerror ERR                      an error reported to Config.OnError
+//	stats STREAM NAME=N ...          the consumer's Stats, when they changed
 //	shutdown done                    Shutdown returned after SIGTERM/SIGINT
 //	shutdown error ERR               Shutdown failed (the exit status is 1)
+//
+// With -fail-key the handler (Run modes) fails, panics or sleeps (-fail-how)
+// on some messages of one key; in read mode -fail-how sleep holds the batch
+// of such a message that long before acking it. With -sdk-log the SDK's own
+// log goes to a file (JSON lines).
 //
 // On SIGTERM or SIGINT it stops reading (Run: ends Run's context, which
 // lets the handlers in flight finish and acks them), acks what it holds,
@@ -35,6 +43,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"slices"
@@ -64,6 +73,9 @@ type options struct {
 	failKey        string // Run: the handler fails some messages of this key
 	failEvery      int    // of the key's messages, those numbered (Data) a multiple of failEvery
 	failTimes      int    // fail their first failTimes calls in this process
+	failHow        string // error, panic or sleep
+	failSleep      time.Duration
+	sdkLog         string // the SDK's log (JSON lines); "" for none
 }
 
 func parseFlags() (options, error) {
@@ -91,6 +103,9 @@ func parseFlags() (options, error) {
 	flag.StringVar(&o.failKey, "fail-key", "", "run modes: the handler fails some messages of this partition key")
 	flag.IntVar(&o.failEvery, "fail-every", 5, "with -fail-key: the key's messages whose number (their data) is a multiple of this fail")
 	flag.IntVar(&o.failTimes, "fail-times", 3, "with -fail-key: how many calls of each such message fail before one succeeds")
+	flag.StringVar(&o.failHow, "fail-how", "error", "with -fail-key: how such a call fails: error (Run: the handler returns an error), panic (Run: the handler panics) or sleep (-fail-sleep, then it succeeds; read mode: the batch is acked that much later)")
+	flag.DurationVar(&o.failSleep, "fail-sleep", time.Second, "with -fail-how sleep: how long")
+	flag.StringVar(&o.sdkLog, "sdk-log", "", "write the SDK's log to this file (JSON lines, level info)")
 	flag.Parse()
 	var missing []string
 	for _, f := range []struct{ name, v string }{
@@ -108,6 +123,15 @@ func parseFlags() (options, error) {
 	case "read", "run", "run-key":
 	default:
 		return o, fmt.Errorf("-mode %q: want read, run or run-key", o.mode)
+	}
+	switch o.failHow {
+	case "sleep":
+	case "error", "panic":
+		if o.mode == "read" && o.failKey != "" {
+			return o, fmt.Errorf("-fail-how %s needs a Run mode (read mode: sleep only)", o.failHow)
+		}
+	default:
+		return o, fmt.Errorf("-fail-how %q: want error, panic or sleep", o.failHow)
 	}
 	if o.failEvery < 1 {
 		return o, fmt.Errorf("-fail-every %d: want 1 or more", o.failEvery)
@@ -149,6 +173,7 @@ type member struct {
 	logFile  *os.File
 	ownedMu  sync.Mutex
 	lastOwn  string
+	lastStat segmenter.Stats
 	gotEpoch map[int]int64 // partition -> epoch of the last "got" line; read loop (Run: its fetches) only
 
 	// Run modes: the acks in flight of the messages handled successfully,
@@ -171,7 +196,17 @@ func run(o options) error {
 
 	var byStreamMu sync.Mutex
 	byStream := make(map[string]*member)
+	logger := slog.New(slog.DiscardHandler)
+	if o.sdkLog != "" {
+		f, err := os.OpenFile(o.sdkLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		logger = slog.New(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
 	seg, err := segmenter.NewSegmenter(&segmenter.Config{
+		Logger:            logger,
 		RedisURL:          o.redisURL,
 		Namespace:         o.namespace,
 		SessionTimeout:    o.session,
@@ -179,6 +214,7 @@ func run(o options) error {
 		BlockInterval:     o.block,
 		OnError: func(err error) {
 			fmt.Fprintln(os.Stderr, "worker: background:", err)
+			say("bgerror %s", oneLine(err))
 			if o.mode == "read" {
 				return // Read returns the errors of its fetches itself
 			}
@@ -215,6 +251,24 @@ func run(o options) error {
 		members = append(members, m)
 	}
 
+	statsDone := make(chan struct{})
+	var statsWG sync.WaitGroup
+	statsWG.Add(1)
+	go func() {
+		defer statsWG.Done()
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-statsDone:
+				return
+			case <-t.C:
+			}
+			for _, m := range members {
+				m.printStats()
+			}
+		}
+	}()
 	stopping := make(chan struct{})
 	runCtx, stopRun := context.WithCancel(context.Background())
 	defer stopRun()
@@ -235,6 +289,8 @@ func run(o options) error {
 	close(stopping)
 	stopRun()
 	wg.Wait()
+	close(statsDone)
+	statsWG.Wait()
 
 	// Every delivered message was acked (or its ack failed): hand over.
 	var errs []error
@@ -249,6 +305,7 @@ func run(o options) error {
 			errs = append(errs, fmt.Errorf("stream %s: %w", m.stream, err))
 		}
 		m.printOwned()
+		m.printStats()
 		if err := m.rec.Err(); err != nil {
 			errs = append(errs, fmt.Errorf("stream %s: event log: %w", m.stream, err))
 		}
@@ -329,6 +386,24 @@ func (m *member) printOwned() {
 	say("owned %s %s", m.stream, s)
 }
 
+// printStats prints the consumer's Stats when they changed since the last
+// line.
+func (m *member) printStats() {
+	c := m.c.Load()
+	if c == nil {
+		return
+	}
+	m.ownedMu.Lock()
+	defer m.ownedMu.Unlock()
+	st := c.Stats()
+	if st == m.lastStat {
+		return
+	}
+	m.lastStat = st
+	say("stats %s delivered=%d redelivered=%d acked=%d fenced=%d trimmed=%d trimmedunread=%d poison=%d deadlettered=%d",
+		m.stream, st.Delivered, st.Redelivered, st.Acked, st.Fenced, st.Trimmed, st.TrimmedUnread, st.Poison, st.DeadLettered)
+}
+
 // consume reads, processes and acks until stopping is closed.
 func (m *member) consume(stopping <-chan struct{}) {
 	c := m.c.Load()
@@ -366,6 +441,12 @@ func (m *member) consume(stopping <-chan struct{}) {
 		}
 		if m.o.work > 0 {
 			time.Sleep(m.o.work * time.Duration(len(msgs))) // the processing itself
+		}
+		for _, msg := range msgs {
+			if m.failing(msg) {
+				time.Sleep(m.o.failSleep) // past maxProcessingTime, say
+				break
+			}
 		}
 		batches++
 		if m.o.noAckEvery > 0 && batches%m.o.noAckEvery == 0 {
@@ -460,15 +541,20 @@ func (m *member) run(ctx context.Context) error {
 // handle is the Run handler: it works -work per message and fails the
 // messages chosen by -fail-key a few times.
 func (m *member) handle(ctx context.Context, msg *contracts.CMessage) error {
-	if m.o.failKey != "" && msg.PartitionKey == m.o.failKey {
-		if n, err := strconv.Atoi(string(msg.Data)); err == nil && n%m.o.failEvery == 0 {
-			m.attMu.Lock()
-			m.calls[msg.Id]++
-			call := m.calls[msg.Id]
-			m.attMu.Unlock()
-			if call <= m.o.failTimes {
-				return fmt.Errorf("injected failure %d of %d", call, m.o.failTimes)
+	if m.failing(msg) {
+		switch m.o.failHow {
+		case "panic":
+			panic("injected panic")
+		case "sleep":
+			t := time.NewTimer(m.o.failSleep) // past maxProcessingTime, say
+			defer t.Stop()
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-t.C:
 			}
+		default:
+			return errors.New("injected failure")
 		}
 	}
 	if m.o.work > 0 {
@@ -481,6 +567,24 @@ func (m *member) handle(ctx context.Context, msg *contracts.CMessage) error {
 		}
 	}
 	return nil
+}
+
+// failing reports whether this call on msg is one -fail-key chose to fail:
+// the key's messages numbered a multiple of -fail-every, their first
+// -fail-times calls in this process.
+func (m *member) failing(msg *contracts.CMessage) bool {
+	if m.o.failKey == "" || msg.PartitionKey != m.o.failKey {
+		return false
+	}
+	num, _, _ := strings.Cut(string(msg.Data), " ") // the test producer's number, then padding
+	n, err := strconv.Atoi(num)
+	if err != nil || n%m.o.failEvery != 0 {
+		return false
+	}
+	m.attMu.Lock()
+	defer m.attMu.Unlock()
+	m.calls[msg.Id]++
+	return m.calls[msg.Id] <= m.o.failTimes
 }
 
 // deliverHook logs every batch Read delivers, with the SDK's moment of
@@ -499,6 +603,12 @@ type runHooks struct{ m *member }
 func (h runHooks) OnDeliver(ev segmenter.DeliverEvent) {
 	h.m.rec.Delivered(ev.Consumer, ev.Messages, ev.Start, ev.End)
 	h.m.announce(ev.Messages, ev.End)
+}
+
+// OnNack logs the messages Run hands back (it fetched them and did not
+// start them): they come again at once.
+func (h runHooks) OnNack(ev segmenter.NackEvent) {
+	h.m.rec.Nacked(ev.Consumer, ev.Messages, ev.At, ev.At)
 }
 
 func (h runHooks) OnHandlerStart(segmenter.HandlerEvent) {}
