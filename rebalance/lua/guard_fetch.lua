@@ -42,6 +42,7 @@ end
 for i = n + 1, #KEYS - n do
   local l = redis.pcall('HMGET', KEYS[n + i], 'o', 'e')
   if type(l) ~= 'table' or l.err or l[1] ~= owner or l[2] ~= ARGV[5 + i] then
+    redis.pcall('HDEL', KEYS[n + i], '-') -- as above: not refused out of memory
     redis.pcall('HSET', KEYS[n + i], 'w', '1')
     return {0, i, 'fenced'}
   end
